@@ -1,0 +1,181 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+The YAML files in conf/ pick one of these schemas through their defaults list (e.g. ``- base_sgd``), so a
+wrong type (``optim.lr=abc``) or an unknown key (``optim.lrr=0.1``) fails while Hydra composes the config,
+before any data is read or any run is opened.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Task(str, Enum):
+    train = "train"
+
+
+class Monitor(str, Enum):
+    """Validation metrics the best epoch can be chosen by (all: higher is better, except val_loss)."""
+
+    val_accuracy = "val_accuracy"
+    val_balanced_accuracy = "val_balanced_accuracy"
+    val_f1_weighted = "val_f1_weighted"
+    val_accuracy_normal = "val_accuracy_normal"
+    val_loss = "val_loss"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    depth: int = MISSING
+    num_classes: int = 2
+    # Optional path to a torchvision-format state_dict (e.g. ImageNet weights) to start from.
+    weights: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    name: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig(OptimConfig):
+    name: str = "adam"
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    name: str = "adamw"
+    weight_decay: float = 0.01
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"
+
+
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    name: str = "step"
+    step_size: int = 30
+    gamma: float = 0.1
+
+
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    name: str = "cosine"
+    # Minimum learning rate at the last epoch; the period is trainer.epochs.
+    eta_min: float = 0.0
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = MISSING
+    rotation_degrees: float = 0.0
+    hflip_p: float = 0.0
+    vflip_p: float = 0.0
+    # Apply the transforms in a random order per image (torchvision RandomOrder), as the lab recipe does.
+    random_order: bool = False
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = MISSING
+    crop_size: int = MISSING
+    image_size: int = MISSING
+    batch_size: int = 32
+    num_workers: int = 0
+    train_csv: str = "train.csv"
+    valid_csv: str = "valid.csv"
+    test_csv: str = "resnet_18_test.csv"
+    # Per-channel normalisation after ToTensor (ImageNet statistics, what pretrained weights expect).
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DemoDataConfig(DataConfig):
+    """The generated demo set: written once under ``root`` in the lab layout, then read like real data."""
+
+    seed: int = 0
+    subjects_all: int = 10
+    subjects_normal: int = 5
+    images_per_subject: int = 60
+    source_size: int = 128
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    device: Device = Device.auto
+    monitor: Monitor = Monitor.val_f1_weighted
+    # Show a tqdm bar per epoch (the one-line epoch summary is always printed).
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "leukemia"
+    # Base address printed with each run's link; where `mlflow ui` listens.
+    ui_url: str = "http://127.0.0.1:5000"
+
+
+@dataclass
+class PathsConfig:
+    # Where data=lab looks unless data.root is given; set it once in conf/local/default.yaml.
+    lab_root: str = "data/lab"
+    # Where the generated demo data set is cached.
+    cache_dir: str = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    optim: OptimConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    augmentation: AugmentationConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task: Task = Task.train
+    seed: int = 42
+    # A short free-text run name; empty means "<model>-<optim>-lr<lr>".
+    run_name: str = ""
+
+
+def register_configs() -> None:
+    """Store the schemas under the names the YAML defaults lists refer to."""
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    store.store(group="model", name="base_model", node=ModelConfig)
+    store.store(group="optim", name="base_sgd", node=SGDConfig)
+    store.store(group="optim", name="base_adam", node=AdamConfig)
+    store.store(group="optim", name="base_adamw", node=AdamWConfig)
+    store.store(group="scheduler", name="base_none", node=SchedulerConfig)
+    store.store(group="scheduler", name="base_step", node=StepSchedulerConfig)
+    store.store(group="scheduler", name="base_cosine", node=CosineSchedulerConfig)
+    store.store(group="augmentation", name="base_augmentation", node=AugmentationConfig)
+    store.store(group="data", name="base_lab", node=DataConfig)
+    store.store(group="data", name="base_demo", node=DemoDataConfig)

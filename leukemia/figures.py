@@ -1,0 +1,55 @@
+"""Figures logged with each run: the confusion matrix and the per-epoch learning curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # runs on headless machines; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
+    """Counts beside row-normalised rates (each row: how one true class was predicted)."""
+    labels = list(class_names)[: len(matrix)]
+    rows = matrix.sum(axis=1, keepdims=True)
+    rates = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, ax=left, xticklabels=labels, yticklabels=labels)
+    sns.heatmap(
+        rates,
+        annot=True,
+        fmt=".2f",
+        cmap="Blues",
+        vmin=0,
+        vmax=1,
+        ax=right,
+        xticklabels=labels,
+        yticklabels=labels,
+    )
+    for axis, subtitle in ((left, "counts"), (right, "normalised by true class")):
+        axis.set(xlabel="predicted", ylabel="true", title=subtitle)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def learning_curves_figure(history: dict[str, list[float]], title: str) -> plt.Figure:
+    """Accuracy and loss per epoch, train against validation."""
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    figure, (accuracy_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for split in ("train", "val"):
+        accuracy_axis.plot(epochs, history[f"{split}_accuracy"], marker="o", label=split)
+        loss_axis.plot(epochs, history[f"{split}_loss"], marker="o", label=split)
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    for axis in (accuracy_axis, loss_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,39 @@
+"""Classification metrics from predictions, including the ones that matter for C-NMC.
+
+Normal cells are the minority class and their accuracy is what limits the task, so per-class accuracy and
+balanced accuracy are reported beside plain accuracy; weighted F1 is the C-NMC 2019 challenge metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts with true classes as rows and predicted classes as columns."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (targets, predictions), 1)
+    return matrix
+
+
+def classification_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """accuracy, balanced_accuracy, f1_weighted and accuracy_<class> (recall) from a confusion matrix."""
+    matrix = matrix.astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    hits = np.diag(matrix)
+    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(hits), where=precision + recall > 0)
+    total = matrix.sum()
+    present = support > 0
+    metrics = {
+        "accuracy": float(hits.sum() / total) if total else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "f1_weighted": float((f1 * support).sum() / total) if total else 0.0,
+    }
+    for index, name in enumerate(class_names):
+        metrics[f"accuracy_{name}"] = float(recall[index])
+    return metrics

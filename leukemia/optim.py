@@ -1,0 +1,35 @@
+"""Optimizers and learning-rate schedulers from the ``optim`` and ``scheduler`` config groups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+def build_optimizer(optim_cfg: Any, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=optim_cfg.lr,
+            momentum=optim_cfg.momentum,
+            weight_decay=optim_cfg.weight_decay,
+            nesterov=optim_cfg.nesterov,
+        )
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optim_cfg.name]
+    return optimizer_class(
+        parameters,
+        lr=optim_cfg.lr,
+        betas=(optim_cfg.beta1, optim_cfg.beta2),
+        weight_decay=optim_cfg.weight_decay,
+    )
+
+
+def build_scheduler(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs: int):
+    """A per-epoch scheduler, or None for a constant learning rate."""
+    if scheduler_cfg.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, scheduler_cfg.step_size, scheduler_cfg.gamma)
+    if scheduler_cfg.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=scheduler_cfg.eta_min)
+    return None

@@ -1,0 +1,211 @@
+"""Tasks: what ``python run.py task=...`` does, wiring data, model, engine and tracking together.
+
+Everything that can be checked before training (data paths, weights file, device) is checked before an MLflow
+run is opened, so a typo costs seconds and leaves no run behind; a failure after that marks the run FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from leukemia.augmentation import build_augmentation
+from leukemia.config import Device, Monitor, Task
+from leukemia.data import CLASS_NAMES, Splits, load_splits, make_loader, preprocessing
+from leukemia.engine import run_epoch
+from leukemia.errors import UserError
+from leukemia.figures import confusion_matrix_figure, learning_curves_figure
+from leukemia.metrics import classification_metrics, confusion_matrix
+from leukemia.models import build_model
+from leukemia.optim import build_optimizer, build_scheduler
+from leukemia.tracking import Run, flatten, tracked_run
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(choice: Device) -> torch.device:
+    if choice == Device.cuda and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
+    if choice == Device.cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    return cfg.run_name or f"{cfg.model.name}-{cfg.optim.name}-lr{cfg.optim.lr:g}"
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
+    """Run name, tags and command-line overrides, from Hydra's runtime when launched through run.py."""
+    tags = {"model": cfg.model.name, "data": cfg.data.name, "task": str(cfg.task.value)}
+    commit = _git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    name = default_run_name(cfg)
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        tags["overrides"] = " ".join(overrides)
+        tags["output_dir"] = hydra_cfg.runtime.output_dir
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            tags["sweep_id"] = hydra_cfg.sweep.dir
+            tags["sweep_job"] = str(hydra_cfg.job.num)
+            name = f"{name}-job{hydra_cfg.job.num}"
+    return name, tags, overrides
+
+
+def _dataset_params(splits: Splits) -> dict[str, int]:
+    params = {}
+    for manifest in (splits.train, splits.valid):
+        params[f"dataset.{manifest.name}.images"] = len(manifest)
+        for class_name, count in manifest.class_counts().items():
+            params[f"dataset.{manifest.name}.{class_name}"] = count
+    params["dataset.test.images"] = len(splits.test) if splits.test else 0
+    return params
+
+
+@dataclass
+class BestEpoch:
+    """The best epoch so far by the monitored validation metric, with what is logged for it at the end."""
+
+    monitor: Monitor
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    matrix: np.ndarray | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.monitor.value]
+
+    def update(self, epoch: int, metrics: dict[str, float], matrix: np.ndarray, model: nn.Module) -> bool:
+        """Keep this epoch (weights copied to CPU) if it beats the best so far; NaN never does."""
+        value = metrics[self.monitor.value]
+        if math.isnan(value):
+            return False
+        if self.state is not None:
+            lower_is_better = self.monitor == Monitor.val_loss
+            if (value >= self.value) if lower_is_better else (value <= self.value):
+                return False
+        self.epoch, self.metrics, self.matrix = epoch, metrics, matrix
+        self.state = {key: tensor.detach().cpu().clone() for key, tensor in model.state_dict().items()}
+        return True
+
+
+def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> str:
+    return (
+        f"epoch {epoch}/{epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f} | "
+        f"val loss {metrics['val_loss']:.4f} acc {metrics['val_accuracy']:.4f} "
+        f"bal {metrics['val_balanced_accuracy']:.4f} f1w {metrics['val_f1_weighted']:.4f} "
+        f"normal {metrics['val_accuracy_normal']:.4f}{'  *best' if improved else ''}"
+    )
+
+
+def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, list[float]]) -> None:
+    """End-of-run artifacts: best-epoch metrics, confusion matrix (figure + counts), curves, weights."""
+    run.log_metrics({"best_epoch": best.epoch} | {f"best_{key}": value for key, value in best.metrics.items()})
+    title = f"{run_name}: validation, best epoch {best.epoch} by {best.monitor.value}"
+    run.log_figure(confusion_matrix_figure(best.matrix, CLASS_NAMES, title), "figures/confusion_matrix.png")
+    counts = {"classes": list(CLASS_NAMES), "rows": "true", "columns": "predicted", "epoch": best.epoch}
+    run.log_dict(counts | {"counts": best.matrix.tolist()}, "figures/confusion_matrix.json")
+    run.log_figure(learning_curves_figure(history, run_name), "figures/learning_curves.png")
+    run.log_state_dict(best.state, "weights/best.pt")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's validation metrics."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    splits = load_splits(cfg.data)
+    model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights).to(device)
+    sizes = (cfg.data.crop_size, cfg.data.image_size, cfg.data.mean, cfg.data.std)
+    loader_args = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers, "seed": cfg.seed}
+    train_transform = preprocessing(*sizes, augmentation=build_augmentation(cfg.augmentation))
+    train_loader = make_loader(splits.train, train_transform, shuffle=True, **loader_args)
+    val_loader = make_loader(splits.valid, preprocessing(*sizes), shuffle=False, **loader_args)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs)
+    run_name, tags, overrides = launch_context(cfg)
+    log.info("%s on %s: %d train / %d valid images, device %s",
+             run_name, cfg.data.name, len(splits.train), len(splits.valid), device)  # fmt: skip
+
+    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.ui_url) as run:
+        container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        run.log_params(flatten(container) | _dataset_params(splits))
+        run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")
+        run.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
+        log.info("MLflow run %s: %s", run.id, run.link)
+
+        best = BestEpoch(Monitor(cfg.trainer.monitor))
+        history: dict[str, list[float]] = {}
+        for epoch in range(1, cfg.trainer.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            bar = {"progress": cfg.trainer.progress}
+            trained = run_epoch(model, train_loader, criterion, device, optimizer, f"epoch {epoch} train", **bar)
+            if not math.isfinite(trained.loss):
+                raise UserError(f"training loss became {trained.loss} in epoch {epoch}; lower optim.lr (now {lr:g})")
+            validated = run_epoch(model, val_loader, criterion, device, None, f"epoch {epoch} valid", **bar)
+            if scheduler is not None:
+                scheduler.step()
+            matrix = confusion_matrix(validated.targets, validated.predictions, cfg.model.num_classes)
+            val_metrics = {f"val_{k}": v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
+            val_metrics["val_loss"] = validated.loss
+            metrics = {"train_loss": trained.loss, "train_accuracy": trained.accuracy, "lr": lr} | val_metrics
+            run.log_metrics(metrics, step=epoch)
+            for key, value in metrics.items():
+                history.setdefault(key, []).append(value)
+            improved = best.update(epoch, val_metrics, matrix, model)
+            log.info(_epoch_line(epoch, cfg.trainer.epochs, metrics, improved))
+
+        if best.state is None:
+            raise UserError("no epoch gave a finite validation score; check trainer.epochs and the valid split")
+        _log_outcome(run, run_name, best, history)
+        log.info("best epoch %d: %s %.4f; open %s (start `mlflow ui` in %s first)",
+                 best.epoch, best.monitor.value, best.value, run.link, Path.cwd())  # fmt: skip
+    return best.metrics
+
+
+TASKS: dict[Task, Any] = {Task.train: train}
+
+
+def run_task(cfg: DictConfig) -> Any:
+    """Entry point for run.py: dispatch on ``task``; a UserError ends the process with one line and exit 1."""
+    try:
+        return TASKS[Task(cfg.task)](cfg)
+    except UserError as error:
+        sys.exit(f"error: {error}")

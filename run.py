@@ -1,0 +1,22 @@
+"""Command-line entry: compose the config with Hydra and hand it to the task it names.
+
+python run.py model=resnet50 optim.lr=0.01
+python run.py -m model=resnet18,resnet50,resnet152
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from leukemia.config import register_configs
+from leukemia.tasks import run_task
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_task(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny real image folders on disk, a Hydra composer, and the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from leukemia.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+register_configs()
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def separable_cell(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
+    """A clearly separable toy cell: ALL = large pale disk, normal = small dark disk, both with noise."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    radius = size * (0.36 if label else 0.2) + rng.normal(0, 1)
+    center = size / 2 + rng.normal(0, 1.5, 2)
+    inside = np.hypot(xx - center[0], yy - center[1]) < radius
+    color = np.array([150, 80, 170]) if label else np.array([60, 25, 70])
+    image = inside[..., None] * (color + rng.normal(0, 12, (size, size, 3)))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_lab_layout(
+    root: Path, counts: dict[str, int], size: int = 40, path_style: str = "plain", seed: int = 0
+) -> Path:
+    """The course layout under ``root``: train.csv/valid.csv (Path,label), resnet_18_test.csv (Path).
+
+    path_style "plain": ``train/0.bmp`` relative to the CSV folder; "new_dataset": CSVs inside
+    ``root/new_dataset`` naming ``./new_dataset/train/0.bmp`` (relative to the folder above them).
+    Returns the folder holding the CSVs (what data.root points at).
+    """
+    rng = np.random.default_rng(seed)
+    csv_dir = root / "new_dataset" if path_style == "new_dataset" else root
+    csv_dir.mkdir(parents=True, exist_ok=True)
+    for split, count in counts.items():
+        (csv_dir / split).mkdir(exist_ok=True)
+        rows = []
+        for index in range(count):
+            label = index % 2
+            Image.fromarray(separable_cell(rng, size, label)).save(csv_dir / split / f"{index}.bmp")
+            path = f"./new_dataset/{split}/{index}.bmp" if path_style == "new_dataset" else f"{split}/{index}.bmp"
+            rows.append({"Path": path, "label": label})
+        table = pd.DataFrame(rows)
+        if split == "test":
+            table[["Path"]].to_csv(csv_dir / "resnet_18_test.csv", index=False)
+        else:
+            table.to_csv(csv_dir / f"{split}.csv", index=False)
+    return csv_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_lab(tmp_path_factory) -> Path:
+    """A separable lab-layout set: 64 train, 32 valid, 8 test images of 40x40 px."""
+    return write_lab_layout(tmp_path_factory.mktemp("lab"), {"train": 64, "valid": 32, "test": 8})
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` in ``cwd`` (where mlflow.db, mlruns/ and outputs/ land)."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+# Small, fast settings shared by the end-to-end runs (32-px images, no progress bars).
+FAST = ("data=lab", "data.crop_size=36", "data.image_size=32", "data.batch_size=16", "trainer.progress=false")

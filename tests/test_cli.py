@@ -1,0 +1,126 @@
+"""End to end through the real CLI (subprocess ``python run.py``) and a real sqlite MLflow store."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import FAST, run_cli
+
+EPOCHS = 4
+
+
+def client_for(folder):
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def runs_of(folder):
+    client = client_for(folder)
+    experiment = client.get_experiment_by_name("leukemia")
+    return client, client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_lab, tmp_path_factory):
+    """One training run on the separable tiny set; the tests below read what it left."""
+    folder = tmp_path_factory.mktemp("train-run")
+    result = run_cli(
+        *FAST, f"data.root={tiny_lab}", f"trainer.epochs={EPOCHS}", "optim=adam", "optim.lr=0.001", cwd=folder
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, runs = runs_of(folder)
+    assert len(runs) == 1
+    return folder, client, runs[0], result
+
+
+def test_run_finishes_with_the_flattened_config_as_params(trained):
+    _, _, run, _ = trained
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "resnet18-adam-lr0.001"
+    params = run.data.params
+    assert params["model.name"] == "resnet18" and params["optim.lr"] == "0.001"
+    assert params["data.image_size"] == "32" and params["trainer.epochs"] == str(EPOCHS)
+    assert params["dataset.train.images"] == "64" and params["dataset.valid.normal"] == "16"
+    tags = run.data.tags
+    assert tags["model"] == "resnet18" and tags["data"] == "lab"
+    assert "optim=adam" in tags["overrides"] and "sweep_id" not in tags
+
+
+def test_every_epoch_is_logged_with_its_step(trained):
+    _, client, run, _ = trained
+    for metric in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
+                   "val_f1_weighted", "val_accuracy_normal", "val_accuracy_all"):  # fmt: skip
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(point.step for point in history) == list(range(1, EPOCHS + 1)), metric
+
+
+def test_training_learns_a_separable_set(trained):
+    _, client, run, _ = trained
+    assert run.data.metrics["best_val_accuracy"] >= 0.9
+    losses = [p.value for p in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda p: p.step)]
+    assert losses[-1] < losses[0]
+
+
+def test_artifacts_hold_config_figures_and_loadable_weights(trained, tmp_path):
+    _, client, run, _ = trained
+    run_id = run.info.run_id
+    listed = {
+        item.path for folder in ("config", "figures", "weights") for item in client.list_artifacts(run_id, folder)
+    }
+    expected = {"config/config.yaml", "config/overrides.yaml", "figures/confusion_matrix.png",
+                "figures/confusion_matrix.json", "figures/learning_curves.png", "weights/best.pt"}  # fmt: skip
+    assert expected <= listed
+    png = client.download_artifacts(run_id, "figures/confusion_matrix.png", str(tmp_path))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    matrix_file = client.download_artifacts(run_id, "figures/confusion_matrix.json", str(tmp_path))
+    matrix = json.loads(Path(matrix_file).read_text())
+    assert sum(map(sum, matrix["counts"])) == 32 and matrix["epoch"] == int(run.data.metrics["best_epoch"])
+    state = torch.load(client.download_artifacts(run_id, "weights/best.pt", str(tmp_path)), weights_only=True)
+    assert state["fc.weight"].shape == (2, 512)
+
+
+def test_artifacts_land_under_mlruns_in_the_launch_folder(trained):
+    folder, _, run, _ = trained
+    assert (folder / "mlflow.db").is_file()
+    assert list((folder / "mlruns").rglob("best.pt"))
+    assert (
+        run.info.artifact_uri.startswith((folder / "mlruns").as_uri())
+        or str(folder / "mlruns") in run.info.artifact_uri
+    )
+
+
+def test_console_shows_epoch_summaries_and_the_runs_table_link(trained):
+    _, _, run, result = trained
+    output = result.stdout + result.stderr
+    assert output.count("train loss") == EPOCHS
+    assert f"/runs/{run.info.run_id}?workflowType=machine_learning" in output
+
+
+def test_sweep_gives_one_finished_run_per_model_with_a_shared_sweep_id(tiny_lab, tmp_path):
+    result = run_cli("-m", *FAST, f"data.root={tiny_lab}", "trainer.epochs=1", "model=resnet18,resnet50", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, runs = runs_of(tmp_path)
+    assert sorted(run.data.tags["model"] for run in runs) == ["resnet18", "resnet50"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert len({run.data.tags["sweep_id"] for run in runs}) == 1
+    assert sorted(run.data.tags["sweep_job"] for run in runs) == ["0", "1"]
+    assert (tmp_path / "multirun").is_dir()
+
+
+def test_missing_root_exits_non_zero_naming_the_path(tmp_path):
+    absent = tmp_path / "no-such-data"
+    result = run_cli("data=lab", f"data.root={absent}", cwd=tmp_path)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and str(absent) in last_line and "data=demo" in last_line
+    _, runs = runs_of(tmp_path)
+    assert runs == []  # failed before a run was opened: nothing left RUNNING
+
+
+def test_wrong_type_on_the_command_line_fails_at_composition(tmp_path):
+    result = run_cli("optim.lr=abc", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "optim.lr" in result.stderr and "abc" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from conftest import CONF, compose_config
+
+GROUPS = ["model", "optim", "scheduler", "augmentation", "data", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_resolves(group, option):
+    cfg = compose_config(f"{group}={option}")
+    if group != "experiment":
+        assert cfg[group].name == option
+    # Every interpolation resolves (e.g. data.root from paths.*).
+    assert cfg.data.root and "${" not in str(cfg.data.root)
+    assert isinstance(cfg.optim.lr, float) and cfg.trainer.epochs > 0
+
+
+def test_group_options_are_the_documented_ones():
+    assert options("model") == ["resnet152", "resnet18", "resnet50"]
+    assert options("optim") == ["adam", "adamw", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "step"]
+    assert options("augmentation") == ["lab", "none"]
+    assert options("data") == ["demo", "lab"]
+    assert options("experiment") == ["lab3_resnet152", "lab3_resnet18", "lab3_resnet50"]
+
+
+def test_defaults_run_the_demo_with_the_lab_recipe_optimizer():
+    cfg = compose_config()
+    assert (cfg.model.name, cfg.data.name, cfg.augmentation.name, cfg.task) == (
+        "resnet18",
+        "demo",
+        "lab",
+        "train",
+    )
+    assert cfg.tracking.uri == "sqlite:///mlflow.db" and cfg.tracking.experiment == "leukemia"
+    assert cfg.trainer.device == "auto"
+
+
+@pytest.mark.parametrize("depth", [18, 50, 152])
+def test_experiment_presets_hold_the_seed_recipe(depth):
+    cfg = compose_config(f"experiment=lab3_resnet{depth}")
+    assert cfg.model.depth == depth and cfg.data.name == "lab"
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (
+        "sgd",
+        1e-3,
+        0.9,
+        1e-5,
+    )
+    assert (cfg.data.batch_size, cfg.trainer.epochs, cfg.data.crop_size) == (32, 120, 350)
+    assert cfg.data.test_csv == f"resnet_{depth}_test.csv"
+
+
+def test_command_line_overrides_reach_the_typed_fields():
+    cfg = compose_config("model=resnet50", "optim=adamw", "optim.lr=0.01", "scheduler=step", "scheduler.gamma=0.5")
+    assert (cfg.model.depth, cfg.optim.name, cfg.optim.lr, cfg.scheduler.gamma) == (50, "adamw", 0.01, 0.5)
+
+
+def test_lab_root_follows_paths_lab_root():
+    assert compose_config("data=lab", "paths.lab_root=/data/cells").data.root == "/data/cells"
+
+
+@pytest.mark.parametrize(
+    "override,culprit",
+    [
+        ("optim.lr=abc", "optim.lr"),
+        ("trainer.epochs=many", "trainer.epochs"),
+        ("trainer.device=gpu", "trainer.device"),
+        ("trainer.monitor=val_auc", "trainer.monitor"),
+        ("data.batch_size=1.5", "data.batch_size"),
+    ],
+)
+def test_wrong_types_fail_at_composition(override, culprit):
+    with pytest.raises((ConfigCompositionException, ValidationError), match=culprit.split(".")[-1]):
+        compose_config(override)
+
+
+@pytest.mark.parametrize("override", ["optim.lrr=0.1", "optim.momentum=0.5 optim=adam", "model.dropout=0.1"])
+def test_unknown_keys_fail_at_composition(override):
+    with pytest.raises(ConfigCompositionException):
+        compose_config(*override.split())
+
+
+def test_local_config_is_git_ignored():
+    ignored = (Path(CONF).parent / ".gitignore").read_text().splitlines()
+    assert "conf/local/" in ignored

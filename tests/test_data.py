@@ -1,0 +1,177 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from leukemia.data import Manifest, demo_splits, lab_splits, make_loader, preprocessing, read_lab_csv
+from leukemia.demo import SPEC_FILE, TEST_CSV_NAMES, DemoSpec, ensure_demo_dataset
+from leukemia.errors import UserError
+
+from conftest import SHARED_DATA, compose_config, write_lab_layout
+
+
+def unnormalised(crop_size: int, image_size: int):
+    """Preprocessing that leaves pixel values in [0, 1], so tests can reason about them."""
+    return preprocessing(crop_size, image_size, mean=[0, 0, 0], std=[1, 1, 1])
+
+
+def lab_cfg(root, **overrides):
+    return compose_config("data=lab", f"data.root={root}", *(f"data.{k}={v}" for k, v in overrides.items())).data
+
+
+@pytest.mark.parametrize("style", ["plain", "new_dataset"])
+def test_both_path_styles_resolve_to_the_image_files(tmp_path, style):
+    root = write_lab_layout(tmp_path, {"train": 4, "valid": 2, "test": 2}, path_style=style)
+    splits = lab_splits(lab_cfg(root))
+    assert [len(splits.train), len(splits.valid), len(splits.test)] == [4, 2, 2]
+    assert all(path.is_file() and path.is_absolute() for path in splits.train.paths)
+    assert splits.train.paths[1].parent.name == "train" and splits.train.labels == [0, 1, 0, 1]
+    assert splits.test.labels is None
+
+
+def test_new_dataset_paths_beside_the_csv_also_resolve(tmp_path):
+    """./new_dataset/... with the CSVs in the folder that holds new_dataset/ (as the demo writes it)."""
+    folder = write_lab_layout(tmp_path, {"train": 2, "valid": 2}, path_style="new_dataset")
+    for name in ("train", "valid"):
+        (folder / f"{name}.csv").rename(tmp_path / f"{name}.csv")
+    splits = lab_splits(lab_cfg(tmp_path))
+    assert splits.valid.paths[0] == (folder / "valid" / "0.bmp").resolve()
+
+
+def test_loader_yields_resized_rgb_tensors(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 6, "valid": 2})
+    loader = make_loader(
+        read_lab_csv(root / "train.csv", "train", labelled=True),
+        unnormalised(36, 32), batch_size=4, num_workers=0, shuffle=False, seed=0,
+    )  # fmt: skip
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert labels.tolist() == [0, 1, 0, 1]
+
+
+def test_grayscale_images_are_read_as_rgb(tmp_path):
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "gray.png")
+    manifest = Manifest("train", [tmp_path / "gray.png"], [0])
+    loader = make_loader(manifest, unnormalised(36, 32), batch_size=1, num_workers=0, shuffle=False, seed=0)
+    assert next(iter(loader))[0].shape == (1, 3, 32, 32)
+
+
+def test_missing_root_names_the_path_and_suggests_demo(tmp_path):
+    with pytest.raises(UserError, match=rf"data.root={tmp_path / 'absent'}: no such folder.*data=demo"):
+        lab_splits(lab_cfg(tmp_path / "absent"))
+
+
+def test_missing_csv_names_the_file(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 2})
+    with pytest.raises(UserError, match=rf"{root / 'valid.csv'}: no such CSV"):
+        lab_splits(lab_cfg(root))
+
+
+def test_missing_image_files_are_counted_and_named(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 4, "valid": 2})
+    (root / "train" / "2.bmp").unlink()
+    with pytest.raises(UserError, match=r"train.csv: 1 of 4 image files do not exist \(first: .*train/2.bmp\)"):
+        lab_splits(lab_cfg(root))
+
+
+def test_csv_without_label_column_names_the_columns(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 2, "valid": 2})
+    pd.read_csv(root / "valid.csv").rename(columns={"label": "class"}).to_csv(root / "valid.csv", index=False)
+    with pytest.raises(UserError, match=r"valid.csv: missing column\(s\) \['label'\]; found \['Path', 'class'\]"):
+        lab_splits(lab_cfg(root))
+
+
+def test_labels_other_than_0_and_1_name_the_row(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 3, "valid": 2})
+    table = pd.read_csv(root / "train.csv")
+    table.loc[2, "label"] = 2
+    table.to_csv(root / "train.csv", index=False)
+    with pytest.raises(UserError, match=r"train.csv: 'label' must be 0 \(normal\) or 1 \(ALL\); row 4 has '2'"):
+        lab_splits(lab_cfg(root))
+
+
+def test_an_undecodable_image_is_named_when_read(tmp_path):
+    (tmp_path / "broken.bmp").write_bytes(b"BM not really an image")
+    manifest = Manifest("train", [tmp_path / "broken.bmp"], [1])
+    loader = make_loader(manifest, unnormalised(36, 32), batch_size=1, num_workers=0, shuffle=False, seed=0)
+    with pytest.raises(UserError, match=r"broken.bmp: cannot be read as an image"):
+        next(iter(loader))
+
+
+SMALL_DEMO = DemoSpec(seed=3, subjects_all=4, subjects_normal=3, images_per_subject=5, source_size=64)
+
+
+def test_demo_set_is_deterministic_and_in_the_lab_layout(tmp_path):
+    first = ensure_demo_dataset(tmp_path / "a", SMALL_DEMO)
+    second = ensure_demo_dataset(tmp_path / "b", SMALL_DEMO)
+    for name in ("train.csv", "valid.csv", *TEST_CSV_NAMES):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    train = pd.read_csv(first / "train.csv")
+    assert list(train.columns[:2]) == ["Path", "label"]
+    assert (first / train.Path[0]).read_bytes() == (second / train.Path[0]).read_bytes()
+    with Image.open(first / train.Path[0]) as image:
+        assert (image.format, image.mode, image.size) == ("BMP", "RGB", (64, 64))
+    assert list(pd.read_csv(first / TEST_CSV_NAMES[0]).columns) == ["Path"]
+
+
+def test_demo_splits_are_subject_disjoint_with_both_classes(tmp_path):
+    root = ensure_demo_dataset(tmp_path / "demo", SMALL_DEMO)
+    subjects = {split: set(pd.read_csv(root / f"{split}.csv").subject) for split in ("train", "valid")}
+    subjects["test"] = set(pd.read_csv(root / "test_labels.csv").subject)
+    assert not subjects["train"] & subjects["valid"]
+    assert not subjects["train"] & subjects["test"] and not subjects["valid"] & subjects["test"]
+    for split in ("train", "valid"):
+        assert set(pd.read_csv(root / f"{split}.csv").label) == {0, 1}
+
+
+def test_default_demo_set_is_about_two_to_one_all_to_normal(tmp_path):
+    data_cfg = compose_config(f"paths.cache_dir={tmp_path}").data
+    splits = demo_splits(data_cfg)
+    counts = {name: sum(m.class_counts()[name] for m in (splits.train, splits.valid)) for name in ("all", "normal")}
+    assert counts["all"] == 2 * counts["normal"]
+    assert len(splits.train) >= 3 * len(splits.valid) / 2 and splits.test is not None
+
+
+def test_demo_cells_sit_on_black_and_blasts_are_larger(tmp_path):
+    root = ensure_demo_dataset(tmp_path / "demo", SMALL_DEMO)
+    table = pd.concat([pd.read_csv(root / "train.csv"), pd.read_csv(root / "valid.csv")])
+    areas = {0: [], 1: []}
+    for path, label in zip(table.Path, table.label, strict=True):
+        pixels = np.asarray(Image.open(root / path)).astype(int)
+        assert pixels[:3, :3].max() == 0  # black background in the corners
+        areas[label].append((pixels.sum(axis=2) > 30).sum())
+    assert np.mean(areas[1]) > np.mean(areas[0])
+
+
+def test_too_few_demo_subjects_for_three_splits_is_refused(tmp_path):
+    spec = DemoSpec(seed=0, subjects_all=4, subjects_normal=2, images_per_subject=2, source_size=32)
+    with pytest.raises(UserError, match="data.subjects_normal=2: the demo needs at least 3"):
+        ensure_demo_dataset(tmp_path / "demo", spec)
+
+
+def test_a_demo_folder_made_with_other_settings_is_refused(tmp_path):
+    root = ensure_demo_dataset(tmp_path / "demo", SMALL_DEMO)
+    spec = json.loads((root / SPEC_FILE).read_text())
+    other = DemoSpec(**(spec | {"seed": 4}))
+    with pytest.raises(UserError, match=rf"data.root={root} holds a demo set made with other settings"):
+        ensure_demo_dataset(root, other)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cnmc-sample").is_dir(), reason="real C-NMC sample not available")
+def test_real_cnmc_cells_read_through_the_lab_reader(tmp_path):
+    sample = SHARED_DATA / "cnmc-sample"
+    table = pd.read_csv(sample / "labels.csv")
+    lab = pd.DataFrame({"Path": [str(sample / p) for p in table.path], "label": table.label})
+    lab.to_csv(tmp_path / "train.csv", index=False)
+    lab.to_csv(tmp_path / "valid.csv", index=False)
+    splits = lab_splits(lab_cfg(tmp_path))
+    loader = make_loader(splits.train, unnormalised(350, 64), batch_size=11, num_workers=0, shuffle=False, seed=0)
+    images, labels = next(iter(loader))
+    assert images.shape == (11, 3, 64, 64) and labels.sum().item() == 5
+    # Cells are stained purple: blue and red above green inside the cell.
+    red, green, blue = images.mean(dim=(0, 2, 3)).tolist()
+    assert blue > green and red > green

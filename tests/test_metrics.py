@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from leukemia.metrics import classification_metrics, confusion_matrix
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    targets = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    predictions = np.array([0, 1, 1, 1, 1, 1, 1, 0])
+    assert confusion_matrix(targets, predictions, 2).tolist() == [[1, 2], [1, 4]]
+
+
+def test_metrics_match_hand_computation():
+    # 3 normal (1 right), 5 ALL (4 right)
+    metrics = classification_metrics(np.array([[1, 2], [1, 4]]), ("normal", "all"))
+    assert metrics["accuracy"] == pytest.approx(5 / 8)
+    assert metrics["accuracy_normal"] == pytest.approx(1 / 3)
+    assert metrics["accuracy_all"] == pytest.approx(4 / 5)
+    assert metrics["balanced_accuracy"] == pytest.approx((1 / 3 + 4 / 5) / 2)
+    f1_normal = 2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3)
+    f1_all = 2 * (4 / 6) * (4 / 5) / (4 / 6 + 4 / 5)
+    assert metrics["f1_weighted"] == pytest.approx((3 * f1_normal + 5 * f1_all) / 8)
+
+
+def test_predicting_only_the_majority_class_scores_half_balanced_accuracy():
+    metrics = classification_metrics(np.array([[0, 10], [0, 20]]), ("normal", "all"))
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["balanced_accuracy"] == pytest.approx(0.5)
+    assert metrics["accuracy_normal"] == 0.0
