@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import DataLoader
 
 from leukemia.augmentation import build_augmentation
 from leukemia.config import Device, Monitor, Task
@@ -88,6 +89,16 @@ def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
     return name, tags, overrides
 
 
+def build_loaders(cfg: DictConfig, splits: Splits) -> tuple[DataLoader, DataLoader]:
+    """Training loader (shuffled, augmented) and validation loader (in order, preprocessing only)."""
+    sizes = (cfg.data.crop_size, cfg.data.image_size, cfg.data.mean, cfg.data.std)
+    loader_args = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers, "seed": cfg.seed}
+    train_transform = preprocessing(*sizes, augmentation=build_augmentation(cfg.augmentation))
+    train_loader = make_loader(splits.train, train_transform, shuffle=True, **loader_args)
+    val_loader = make_loader(splits.valid, preprocessing(*sizes), shuffle=False, **loader_args)
+    return train_loader, val_loader
+
+
 def _dataset_params(splits: Splits) -> dict[str, int]:
     params = {}
     for manifest in (splits.train, splits.valid):
@@ -152,11 +163,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights).to(device)
-    sizes = (cfg.data.crop_size, cfg.data.image_size, cfg.data.mean, cfg.data.std)
-    loader_args = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers, "seed": cfg.seed}
-    train_transform = preprocessing(*sizes, augmentation=build_augmentation(cfg.augmentation))
-    train_loader = make_loader(splits.train, train_transform, shuffle=True, **loader_args)
-    val_loader = make_loader(splits.valid, preprocessing(*sizes), shuffle=False, **loader_args)
+    train_loader, val_loader = build_loaders(cfg, splits)
     criterion = nn.CrossEntropyLoss()
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs)
@@ -208,4 +215,4 @@ def run_task(cfg: DictConfig) -> Any:
     try:
         return TASKS[Task(cfg.task)](cfg)
     except UserError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {error.one_line()}")

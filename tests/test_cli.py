@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST, run_cli
+from conftest import FAST, run_cli, write_lab_layout
 
 EPOCHS = 4
 
@@ -124,3 +124,14 @@ def test_wrong_type_on_the_command_line_fails_at_composition(tmp_path):
     assert result.returncode != 0
     assert "optim.lr" in result.stderr and "abc" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_unreadable_image_mid_run_fails_the_run_naming_the_file(tmp_path):
+    root = write_lab_layout(tmp_path / "data", {"train": 8, "valid": 4})
+    (root / "valid" / "3.bmp").write_bytes(b"BM truncated")
+    result = run_cli(*FAST, f"data.root={root}", "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "valid/3.bmp: cannot be read as an image" in last_line
+    _, runs = runs_of(tmp_path)
+    assert [run.info.status for run in runs] == ["FAILED"]

@@ -1,0 +1,70 @@
+"""Seconds per training epoch of ResNet18/50/152 on the demo set, as the default run does it.
+
+    python benchmarks/epoch_time.py [data.image_size=64] [data.batch_size=32] ...
+
+Prints one line per depth: training-epoch seconds and images per second (median of --repeats epochs after one
+warm-up epoch), plus the validation pass. Numbers depend on the machine: compare them as ratios within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from leukemia.config import register_configs
+from leukemia.data import load_splits
+from leukemia.engine import run_epoch
+from leukemia.models import build_model
+from leukemia.optim import build_optimizer
+from leukemia.tasks import build_loaders
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def timed_epoch(*args, **kwargs) -> float:
+    start = time.perf_counter()
+    run_epoch(*args, progress=False, **kwargs)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.image_size=64")
+    parser.add_argument("--depths", default="18,50,152")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=args.overrides)
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg.data)
+    train_loader, val_loader = build_loaders(cfg, splits)
+    device = torch.device("cpu")
+    print(
+        f"data={cfg.data.name} image_size={cfg.data.image_size} batch={cfg.data.batch_size} "
+        f"train={len(splits.train)} valid={len(splits.valid)} threads={torch.get_num_threads()} "
+        f"torch={torch.__version__}"
+    )
+    criterion = nn.CrossEntropyLoss()
+    for depth in map(int, args.depths.split(",")):
+        model = build_model(depth, cfg.model.num_classes).to(device)
+        optimizer = build_optimizer(cfg.optim, model.parameters())
+        timed_epoch(model, train_loader, criterion, device, optimizer)  # warm-up
+        train_s = statistics.median(
+            timed_epoch(model, train_loader, criterion, device, optimizer) for _ in range(args.repeats)
+        )
+        val_s = timed_epoch(model, val_loader, criterion, device)
+        print(
+            f"resnet{depth:<4d} train epoch {train_s:7.1f} s ({len(splits.train) / train_s:6.1f} img/s)   "
+            f"valid {val_s:6.1f} s ({len(splits.valid) / val_s:6.1f} img/s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
