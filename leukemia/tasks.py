@@ -211,8 +211,12 @@ TASKS: dict[Task, Any] = {Task.train: train}
 
 
 def run_task(cfg: DictConfig) -> Any:
-    """Entry point for run.py: dispatch on ``task``; a UserError ends the process with one line and exit 1."""
+    """Entry point for run.py: dispatch on ``task``; a UserError ends the process with one line and exit 1,
+    Ctrl-C with exit 130."""
     try:
         return TASKS[Task(cfg.task)](cfg)
     except UserError as error:
         sys.exit(f"error: {error.one_line()}")
+    except KeyboardInterrupt:
+        print("interrupted (an open MLflow run is marked KILLED)", file=sys.stderr)
+        sys.exit(130)

@@ -1,13 +1,18 @@
 """End to end through the real CLI (subprocess ``python run.py``) and a real sqlite MLflow store."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST, run_cli, write_lab_layout
+from conftest import FAST, REPO, SHARED_DATA, run_cli, write_lab_layout
 
 EPOCHS = 4
 
@@ -135,3 +140,43 @@ def test_an_unreadable_image_mid_run_fails_the_run_naming_the_file(tmp_path):
     assert last_line.startswith("error: ") and "valid/3.bmp: cannot be read as an image" in last_line
     _, runs = runs_of(tmp_path)
     assert [run.info.status for run in runs] == ["FAILED"]
+
+
+def test_ctrl_c_ends_the_run_killed_with_exit_130(tiny_lab, tmp_path):
+    command = [sys.executable, str(REPO / "run.py"), *FAST, f"data.root={tiny_lab}", "trainer.epochs=200"]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        for line in process.stdout:  # wait until the run is open and training
+            if "epoch 1/200" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    _, runs = runs_of(tmp_path)
+    assert [run.info.status for run in runs] == ["KILLED"]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "allidb2-sample").is_dir(), reason="real ALL-IDB2 sample not available")
+def test_real_allidb2_cells_are_learned_from_scratch(tmp_path):
+    """260 real ALL-IDB2 crops (130 ALL / 130 normal), 70/30 split: a loop that learns clears 75%."""
+    sample = SHARED_DATA / "allidb2-sample"
+    table = pd.read_csv(sample / "labels.csv")
+    table["Path"] = [str(sample / path) for path in table.path]
+    shuffled = table.sample(frac=1.0, random_state=0)
+    cut = int(0.7 * len(shuffled))
+    shuffled[:cut][["Path", "label"]].to_csv(tmp_path / "train.csv", index=False)
+    shuffled[cut:][["Path", "label"]].to_csv(tmp_path / "valid.csv", index=False)
+    result = run_cli(
+        "data=lab", f"data.root={tmp_path}", "data.crop_size=100", "data.image_size=64", "data.num_workers=0",
+        "trainer.epochs=10", "trainer.progress=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, (run,) = runs_of(tmp_path)
+    assert run.data.params["dataset.valid.images"] == str(len(shuffled) - cut)
+    assert run.data.metrics["best_val_accuracy"] >= 0.75
