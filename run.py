@@ -8,13 +8,15 @@ import hydra
 from omegaconf import DictConfig
 
 from leukemia.config import register_configs
-from leukemia.tasks import run_task
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    # Imported here, after composition, so a config mistake is reported before torch and mlflow load.
+    from leukemia.tasks import run_task
+
     run_task(cfg)
 
 
