@@ -44,7 +44,7 @@ class DemoSpec:
 def _smooth_noise(rng: np.random.Generator, size: int, grain: int) -> np.ndarray:
     """Zero-mean noise of unit spread whose blobs are about size/grain pixels wide."""
     coarse = rng.standard_normal((grain, grain)).astype(np.float32)
-    image = Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    image = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
     noise = np.asarray(image)
     return (noise - noise.mean()) / (noise.std() + 1e-6)
 
