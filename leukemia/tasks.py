@@ -51,6 +51,19 @@ def resolve_device(choice: Device) -> torch.device:
     return torch.device("cuda")
 
 
+POSITIVE_KEYS = ("trainer.epochs", "data.batch_size", "data.crop_size", "data.image_size", "optim.lr")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Values the schema types cannot rule out: counts, sizes and the learning rate must be positive."""
+    for key in POSITIVE_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if not value > 0:
+            raise UserError(f"{key}={value}: must be greater than 0")
+    if cfg.data.num_workers < 0:
+        raise UserError(f"data.num_workers={cfg.data.num_workers}: must be 0 (load in the main process) or more")
+
+
 def default_run_name(cfg: DictConfig) -> str:
     return cfg.run_name or f"{cfg.model.name}-{cfg.optim.name}-lr{cfg.optim.lr:g}"
 
@@ -159,6 +172,7 @@ def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, li
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's validation metrics."""
+    check_ranges(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)

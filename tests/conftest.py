@@ -22,8 +22,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 register_configs()
 
 
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+def compose_config(*overrides: str, config_dir: Path = CONF):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 

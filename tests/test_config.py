@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,16 @@ def test_wrong_types_fail_at_composition(override, culprit):
 def test_unknown_keys_fail_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         compose_config(*override.split())
+
+
+def test_a_local_config_sets_the_lab_root_for_this_machine(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
+    (conf / "local").mkdir()
+    (conf / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  lab_root: /data/cnmc-lab\n")
+    assert compose_config("data=lab", config_dir=conf).data.root == "/data/cnmc-lab"
+    assert compose_config("experiment=lab3_resnet50", config_dir=conf).data.root == "/data/cnmc-lab"
+    assert compose_config("data=lab", "data.root=/elsewhere", config_dir=conf).data.root == "/elsewhere"
 
 
 def test_local_config_is_git_ignored():
