@@ -1,7 +1,8 @@
 """Tasks: what ``python run.py task=...`` does, wiring data, model, engine and tracking together.
 
-Everything that can be checked before training (data paths, weights file, device) is checked before an MLflow
-run is opened, so a typo costs seconds and leaves no run behind; a failure after that marks the run FAILED.
+Everything that can be checked before training (value ranges, data paths, weights file, device) is checked
+before an MLflow run is opened, so a typo costs seconds and leaves no run behind; a failure after that marks
+the run FAILED.
 """
 
 from __future__ import annotations
