@@ -8,7 +8,7 @@ manifests, so a new layout is one new reader. This module knows nothing of track
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,7 @@ def lab_splits(data_cfg: Any) -> Splits:
 
 
 def demo_splits(data_cfg: Any) -> Splits:
-    spec = DemoSpec(
-        seed=data_cfg.seed,
-        subjects_all=data_cfg.subjects_all,
-        subjects_normal=data_cfg.subjects_normal,
-        images_per_subject=data_cfg.images_per_subject,
-        source_size=data_cfg.source_size,
-    )
+    spec = DemoSpec(**{key.name: data_cfg[key.name] for key in fields(DemoSpec)})
     ensure_demo_dataset(data_cfg.root, spec)
     return lab_splits(data_cfg)
 

@@ -195,9 +195,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         best = BestEpoch(Monitor(cfg.trainer.monitor))
         history: dict[str, list[float]] = {}
+        bar = {"progress": cfg.trainer.progress}
         for epoch in range(1, cfg.trainer.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
-            bar = {"progress": cfg.trainer.progress}
             trained = run_epoch(model, train_loader, criterion, device, optimizer, f"epoch {epoch} train", **bar)
             if not math.isfinite(trained.loss):
                 raise UserError(f"training loss became {trained.loss} in epoch {epoch}; lower optim.lr (now {lr:g})")
