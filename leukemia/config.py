@@ -22,6 +22,32 @@ class Task(str, Enum):
     train = "train"
 
 
+class Balance(str, Enum):
+    """How training counters the class imbalance (C-NMC: about 2 ALL cells per normal cell)."""
+
+    none = "none"
+    sampler = "sampler"  # draw training images with probability inversely proportional to their class size
+    loss = "loss"  # weight the cross-entropy of each class by total / (classes * class size)
+
+
+class OnBadImage(str, Enum):
+    """What reading a file that is not a decodable image does: stop the run, or warn and leave it out."""
+
+    error = "error"
+    skip = "skip"
+
+
+class SplitMethod(str, Enum):
+    folds = "folds"  # the published folds: data.val_fold validates, the others train
+    subjects = "subjects"  # a seeded, class-stratified split of whole subjects
+
+
+class CnmcTestSet(str, Enum):
+    prelim = "prelim"  # validation_data/C-NMC_test_prelim_phase_data, labelled by its CSV
+    final = "final"  # testing_data/C-NMC_test_final_phase_data, unlabelled
+    none = "none"
+
+
 class Monitor(str, Enum):
     """Validation metrics the best epoch can be chosen by (all: higher is better, except val_loss)."""
 
@@ -99,22 +125,32 @@ class AugmentationConfig:
 
 @dataclass
 class DataConfig:
+    """Keys every layout has; a layout's own keys live in its subclass."""
+
     name: str = MISSING
     root: str = MISSING
     crop_size: int = MISSING
     image_size: int = MISSING
     batch_size: int = 32
     num_workers: int = 0
-    train_csv: str = "train.csv"
-    valid_csv: str = "valid.csv"
-    test_csv: str = "resnet_18_test.csv"
     # Per-channel normalisation after ToTensor (ImageNet statistics, what pretrained weights expect).
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    balance: Balance = Balance.none
+    on_bad_image: OnBadImage = OnBadImage.error
+    # At most this many images per split (a fixed class-stratified pick), for smoke runs; null = all.
+    limit: int | None = None
 
 
 @dataclass
-class DemoDataConfig(DataConfig):
+class LabDataConfig(DataConfig):
+    train_csv: str = "train.csv"
+    valid_csv: str = "valid.csv"
+    test_csv: str = "resnet_18_test.csv"
+
+
+@dataclass
+class DemoDataConfig(LabDataConfig):
     """The generated demo set: written once under ``root`` in the lab layout, then read like real data."""
 
     seed: int = 0
@@ -122,6 +158,18 @@ class DemoDataConfig(DataConfig):
     subjects_normal: int = 5
     images_per_subject: int = 60
     source_size: int = 128
+
+
+@dataclass
+class CnmcDataConfig(DataConfig):
+    """The C-NMC 2019 tree as published (Kaggle "C-NMC_Leukemia" or TCIA)."""
+
+    split: SplitMethod = SplitMethod.folds
+    val_fold: int = 2
+    # split=subjects: the share of each class's images (whole subjects) that validates, and the split's seed.
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    test_set: CnmcTestSet = CnmcTestSet.prelim
 
 
 @dataclass
@@ -143,8 +191,9 @@ class TrackingConfig:
 
 @dataclass
 class PathsConfig:
-    # Where data=lab looks unless data.root is given; set it once in conf/local/default.yaml.
+    # Where data=lab / data=cnmc look unless data.root is given; set them once in conf/local/default.yaml.
     lab_root: str = "data/lab"
+    cnmc_root: str = "data/C-NMC_Leukemia"
     # Where the generated demo data set is cached.
     cache_dir: str = MISSING
 
@@ -177,5 +226,6 @@ def register_configs() -> None:
     store.store(group="scheduler", name="base_step", node=StepSchedulerConfig)
     store.store(group="scheduler", name="base_cosine", node=CosineSchedulerConfig)
     store.store(group="augmentation", name="base_augmentation", node=AugmentationConfig)
-    store.store(group="data", name="base_lab", node=DataConfig)
+    store.store(group="data", name="base_lab", node=LabDataConfig)
     store.store(group="data", name="base_demo", node=DemoDataConfig)
+    store.store(group="data", name="base_cnmc", node=CnmcDataConfig)

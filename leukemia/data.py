@@ -1,121 +1,25 @@
-"""Image manifests, the dataset that reads them, and the loaders the engine iterates.
+"""From manifests to tensors: preprocessing, the dataset that decodes images, and the loaders the engine iterates.
 
-A manifest is a table of image paths (absolute) with labels when known. The layouts (``data=lab``, and
-``data=demo`` which writes a lab-layout folder first) produce manifests; everything downstream reads only
-manifests, so a new layout is one new reader. This module knows nothing of tracking.
+This module knows nothing of layouts or tracking: it reads whatever ``Manifest`` it is given.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
-import pandas as pd
+import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
 from torchvision import transforms
 
-from leukemia.demo import DemoSpec, ensure_demo_dataset
 from leukemia.errors import UserError
+from leukemia.manifest import CLASS_NAMES, Manifest
 
-PATH_COLUMN = "Path"
-LABEL_COLUMN = "label"
-CLASS_NAMES = ("normal", "all")  # label 0 = normal (C-NMC "hem"), label 1 = ALL blast
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """One split: absolute image paths and, for labelled splits, their 0/1 labels."""
-
-    name: str
-    paths: list[Path]
-    labels: list[int] | None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def class_counts(self) -> dict[str, int]:
-        labels = self.labels or []
-        return {name: labels.count(index) for index, name in enumerate(CLASS_NAMES)}
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: Manifest
-    valid: Manifest
-    test: Manifest | None
-
-
-def _resolve_paths(values: pd.Series, csv_path: Path) -> list[Path]:
-    """Paths are relative to the CSV's folder (``train/0.bmp``, ``./new_dataset/train/0.bmp`` beside the CSV)
-    or to the folder above it (the CSV sits inside ``new_dataset/`` but names ``./new_dataset/...``)."""
-    bases = [csv_path.parent, csv_path.parent.parent]
-    first = Path(str(values.iloc[0]))
-    base = next((b for b in bases if (b / first).is_file()), bases[0])
-    paths = [(base / str(value)).resolve() for value in values]
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise UserError(
-            f"{csv_path}: {len(missing)} of {len(paths)} image files do not exist (first: {missing[0]}); "
-            f"'{PATH_COLUMN}' values are read relative to {bases[0]} or {bases[1]}"
-        )
-    return paths
-
-
-def read_lab_csv(csv_path: Path, split: str, labelled: bool) -> Manifest:
-    """Read one CSV of the lab layout: ``Path,label`` (train/valid) or ``Path`` (test)."""
-    if not csv_path.is_file():
-        raise UserError(f"{csv_path}: no such CSV; check data.root or the data.*_csv names (or try data=demo)")
-    table = pd.read_csv(csv_path)
-    needed = [PATH_COLUMN, LABEL_COLUMN] if labelled else [PATH_COLUMN]
-    absent = [column for column in needed if column not in table.columns]
-    if absent:
-        raise UserError(f"{csv_path}: missing column(s) {absent}; found {list(table.columns)}, need {needed}")
-    if table.empty:
-        raise UserError(f"{csv_path}: has no rows; the {split} split needs at least one image")
-    labels = None
-    if labelled:
-        bad = table[~table[LABEL_COLUMN].isin([0, 1])]
-        if not bad.empty:
-            raise UserError(
-                f"{csv_path}: '{LABEL_COLUMN}' must be 0 (normal) or 1 (ALL); "
-                f"row {bad.index[0] + 2} has '{bad[LABEL_COLUMN].iloc[0]}'"
-            )
-        labels = table[LABEL_COLUMN].astype(int).tolist()
-    return Manifest(split, _resolve_paths(table[PATH_COLUMN], csv_path), labels)
-
-
-def lab_splits(data_cfg: Any) -> Splits:
-    """The course layout: ``train.csv``/``valid.csv`` with labels, the test CSV (optional) without."""
-    root = Path(data_cfg.root)
-    if not root.is_dir():
-        raise UserError(
-            f"data.root={root}: no such folder; point data.root (or paths.lab_root) at the folder holding "
-            f"{data_cfg.train_csv}, or try data=demo"
-        )
-    test_csv = root / data_cfg.test_csv
-    return Splits(
-        train=read_lab_csv(root / data_cfg.train_csv, "train", labelled=True),
-        valid=read_lab_csv(root / data_cfg.valid_csv, "valid", labelled=True),
-        test=read_lab_csv(test_csv, "test", labelled=False) if test_csv.is_file() else None,
-    )
-
-
-def demo_splits(data_cfg: Any) -> Splits:
-    spec = DemoSpec(**{key.name: data_cfg[key.name] for key in fields(DemoSpec)})
-    ensure_demo_dataset(data_cfg.root, spec)
-    return lab_splits(data_cfg)
-
-
-LAYOUTS = {"lab": lab_splits, "demo": demo_splits}
-
-
-def load_splits(data_cfg: Any) -> Splits:
-    """Manifests for the configured layout; every path is checked before anything trains."""
-    return LAYOUTS[data_cfg.name](data_cfg)
+log = logging.getLogger(__name__)
 
 
 def preprocessing(
@@ -126,6 +30,9 @@ def preprocessing(
     augmentation: transforms.Compose | None = None,
 ) -> transforms.Compose:
     """Center crop in source pixels, resize, (augment,) to tensor, normalise per channel.
+
+    Images of any size work: one smaller than ``crop_size`` (or not square) is padded with black, the C-NMC
+    background, to the crop, and the crop is resized to ``image_size``.
 
     The seed stopped at the tensor; normalising (ImageNet statistics by default) is what ImageNet weights
     expect, and without it BatchNorm's running statistics drift so far on these mostly-black images that
@@ -138,37 +45,129 @@ def preprocessing(
     return transforms.Compose(steps)
 
 
-class CellImages(Dataset):
-    """Reads a manifest's images as RGB (C-NMC BMPs are RGB; other files are converted)."""
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 
-    def __init__(self, manifest: Manifest, transform):
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any image mode as 8-bit RGB. Transparent pixels become black (the C-NMC background) rather than
+    whatever colour they hide; 16-bit grey is scaled to 8 bits rather than clipped to white."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+class SkippedImage(NamedTuple):
+    """Stands in for an item whose file could not be decoded, when ``data.on_bad_image=skip``."""
+
+    description: str
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: list[str]  # "path (reason)" of files left out of this batch
+
+
+def collate(items: list) -> Batch:
+    """Stack the decoded items; skipped ones are left out and reported (a batch may end up empty)."""
+    skipped = [item.description for item in items if isinstance(item, SkippedImage)]
+    decoded = [item for item in items if not isinstance(item, SkippedImage)]
+    if not decoded:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+    images, labels = default_collate(decoded)
+    return Batch(images, labels, skipped)
+
+
+class CellImages(Dataset):
+    """Decodes a manifest's images as RGB; a file that is not a decodable image (or is truncated) stops the
+    run with its name, or with ``skip_bad`` is left out and reported in the batch."""
+
+    def __init__(self, manifest: Manifest, transform, skip_bad: bool = False):
         self.manifest = manifest
         self.transform = transform
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SkippedImage:
         path = self.manifest.paths[index]
         try:
             with Image.open(path) as image:
-                tensor = self.transform(image.convert("RGB"))
-        except OSError as error:
-            raise UserError(f"{path}: cannot be read as an image ({error}); replace or remove it") from error
+                image.load()  # decode now: a truncated file fails here, not half-black later
+                rgb = to_rgb(image)
+        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for broken or unknown files
+            if self.skip_bad:
+                return SkippedImage(f"{path} ({error})")
+            raise UserError(
+                f"{path}: cannot be read as an image ({error}); replace or remove it, "
+                f"or set data.on_bad_image=skip to leave such files out"
+            ) from error
         label = self.manifest.labels[index] if self.manifest.labels is not None else -1
-        return tensor, label
+        return self.transform(rgb), label
+
+
+def class_weights(manifest: Manifest) -> torch.Tensor:
+    """Per-class weights total / (classes * class size): 1 for balanced data, larger for the rarer class."""
+    counts = torch.tensor([manifest.labels.count(label) for label in range(len(CLASS_NAMES))], dtype=torch.float)
+    return counts.sum() / (len(counts) * counts.clamp(min=1))
 
 
 def make_loader(
-    manifest: Manifest, transform, batch_size: int, num_workers: int, shuffle: bool, seed: int
+    manifest: Manifest,
+    transform,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    seed: int,
+    balanced: bool = False,
+    skip_bad: bool = False,
 ) -> DataLoader:
+    """Batches of (images, labels, skipped). ``balanced`` draws each epoch's images with replacement,
+    each class equally often on average (``data.balance=sampler``), instead of shuffling."""
     generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if balanced:
+        weights = class_weights(manifest)[torch.tensor(manifest.labels)]
+        sampler = WeightedRandomSampler(weights.double(), len(manifest), replacement=True, generator=generator)
     return DataLoader(
-        CellImages(manifest, transform),
+        CellImages(manifest, transform, skip_bad),
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         generator=generator,
+        collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
+
+
+def spread(indices: Sequence[int], count: int) -> list[int]:
+    """``count`` of ``indices`` (or all of them, if fewer), evenly spaced from the first."""
+    step = max(1.0, len(indices) / count)
+    return [indices[int(k * step)] for k in range(min(count, len(indices)))]
+
+
+def preview(manifest: Manifest, transform, count: int) -> Batch:
+    """About ``count`` images, evenly spread over each class, through ``transform``: what the network sees.
+    Uses forked random states, so drawing the preview leaves the run's random sequence unchanged."""
+    labels = manifest.labels or [0] * len(manifest)
+    groups = [[i for i, label in enumerate(labels) if label == c] for c in sorted(set(labels))]
+    chosen = sorted(index for group in groups for index in spread(group, count // len(groups)))
+    dataset = CellImages(manifest, transform, skip_bad=True)
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        batch = collate([dataset[index] for index in chosen])
+    random.setstate(python_state)
+    return batch
+
+
+def displayable(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalised (N, 3, H, W) tensors back to (N, H, W, 3) pixel values in [0, 1], for figures."""
+    mean_, std_ = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return (images * std_ + mean_).clamp(0, 1).permute(0, 2, 3, 1).numpy()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ class EpochResult:
     loss: float
     targets: np.ndarray
     predictions: np.ndarray
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out (data.on_bad_image=skip)
 
     @property
     def accuracy(self) -> float:
@@ -35,12 +36,15 @@ def run_epoch(
     training = optimizer is not None
     model.train(training)
     total_loss, seen = 0.0, 0
-    targets, predictions = [], []
+    targets, predictions, skipped = [], [], []
     bar = tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch")
     with torch.set_grad_enabled(training):
-        for images, labels in bar:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+        for batch in bar:
+            skipped += batch.skipped
+            if not len(batch.labels):
+                continue
+            images = batch.images.to(device, non_blocking=True)
+            labels = batch.labels.to(device, non_blocking=True)
             logits = model(images)
             loss = criterion(logits, labels)
             if training:
@@ -53,5 +57,5 @@ def run_epoch(
             predictions.append(logits.argmax(dim=1).cpu())
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
     if not seen:
-        return EpochResult(float("nan"), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
-    return EpochResult(total_loss / seen, torch.cat(targets).numpy(), torch.cat(predictions).numpy())
+        return EpochResult(float("nan"), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), skipped)
+    return EpochResult(total_loss / seen, torch.cat(targets).numpy(), torch.cat(predictions).numpy(), skipped)

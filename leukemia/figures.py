@@ -1,4 +1,4 @@
-"""Figures logged with each run: the confusion matrix and the per-epoch learning curves."""
+"""Figures logged with each run: the confusion matrix, the per-epoch learning curves, a grid of training images."""
 
 from __future__ import annotations
 
@@ -50,6 +50,22 @@ def learning_curves_figure(history: dict[str, list[float]], title: str) -> plt.F
     for axis in (accuracy_axis, loss_axis):
         axis.grid(alpha=0.3)
         axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def image_grid_figure(
+    images: np.ndarray, labels: Sequence[int], class_names: Sequence[str], title: str, columns: int = 4
+) -> plt.Figure:
+    """Images (N, H, W, 3 in [0, 1]) in a grid, each titled with its class: what the network is shown."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < len(images):
+            axis.imshow(images[index])
+            axis.set_title(class_names[labels[index]], fontsize=9)
     figure.suptitle(title)
     figure.tight_layout()
     return figure

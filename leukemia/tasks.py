@@ -25,11 +25,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from leukemia.augmentation import build_augmentation
-from leukemia.config import Device, Monitor, Task
-from leukemia.data import CLASS_NAMES, Splits, load_splits, make_loader, preprocessing
-from leukemia.engine import run_epoch
+from leukemia.config import Balance, Device, Monitor, OnBadImage, Task
+from leukemia.data import class_weights, displayable, make_loader, preprocessing, preview
+from leukemia.engine import EpochResult, run_epoch
 from leukemia.errors import UserError
-from leukemia.figures import confusion_matrix_figure, learning_curves_figure
+from leukemia.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
+from leukemia.layouts import load_splits
+from leukemia.manifest import CLASS_NAMES, Splits, summarize, summary_lines
 from leukemia.metrics import classification_metrics, confusion_matrix
 from leukemia.models import build_model
 from leukemia.optim import build_optimizer, build_scheduler
@@ -104,23 +106,63 @@ def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
 
 
 def build_loaders(cfg: DictConfig, splits: Splits) -> tuple[DataLoader, DataLoader]:
-    """Training loader (shuffled, augmented) and validation loader (in order, preprocessing only)."""
+    """Training loader (shuffled or class-balanced, augmented) and validation loader (in order, preprocessing
+    only)."""
     sizes = (cfg.data.crop_size, cfg.data.image_size, cfg.data.mean, cfg.data.std)
-    loader_args = {"batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers, "seed": cfg.seed}
+    loader_args = {
+        "batch_size": cfg.data.batch_size,
+        "num_workers": cfg.data.num_workers,
+        "seed": cfg.seed,
+        "skip_bad": cfg.data.on_bad_image == OnBadImage.skip,
+    }
     train_transform = preprocessing(*sizes, augmentation=build_augmentation(cfg.augmentation))
-    train_loader = make_loader(splits.train, train_transform, shuffle=True, **loader_args)
+    balanced = cfg.data.balance == Balance.sampler
+    train_loader = make_loader(splits.train, train_transform, shuffle=True, balanced=balanced, **loader_args)
     val_loader = make_loader(splits.valid, preprocessing(*sizes), shuffle=False, **loader_args)
     return train_loader, val_loader
 
 
-def _dataset_params(splits: Splits) -> dict[str, int]:
-    params = {}
-    for manifest in (splits.train, splits.valid):
-        params[f"dataset.{manifest.name}.images"] = len(manifest)
-        for class_name, count in manifest.class_counts().items():
-            params[f"dataset.{manifest.name}.{class_name}"] = count
-    params["dataset.test.images"] = len(splits.test) if splits.test else 0
-    return params
+def training_criterion(cfg: DictConfig, splits: Splits) -> tuple[nn.Module, dict[str, float]]:
+    """Cross-entropy, class-weighted when ``data.balance=loss``; also the weights as params to log."""
+    if cfg.data.balance != Balance.loss:
+        return nn.CrossEntropyLoss(), {}
+    weights = class_weights(splits.train)
+    params = {f"balance.weight_{name}": round(float(w), 6) for name, w in zip(CLASS_NAMES, weights, strict=True)}
+    return nn.CrossEntropyLoss(weight=weights), params
+
+
+def log_dataset(run: Run, splits: Splits) -> None:
+    """The dataset summary: a table in the log, counts as params, the table and subject lists as JSON."""
+    table = summarize(splits)
+    for line in summary_lines(table):
+        log.info(line)
+    run.log_params({f"dataset.{split}.{key}": value for split, row in table.items() for key, value in row.items()})
+    subjects = {m.name: sorted(m.subject_set()) for m in splits.present() if m.subjects is not None}
+    run.log_dict({"counts": table, "subjects": subjects}, "data/summary.json")
+
+
+def log_training_preview(run: Run, cfg: DictConfig, loader: DataLoader, run_name: str) -> None:
+    """A grid of augmented training images, exactly as the network receives them (denormalised to view)."""
+    batch = preview(loader.dataset.manifest, loader.dataset.transform, count=16)
+    if not len(batch.labels):
+        return
+    images = displayable(batch.images, cfg.data.mean, cfg.data.std)
+    title = f"{run_name}: training images after preprocessing and augmentation"
+    run.log_figure(image_grid_figure(images, batch.labels.tolist(), CLASS_NAMES, title), "figures/train_samples.png")
+
+
+class SkippedFiles:
+    """Unreadable files left out under ``data.on_bad_image=skip``: each warned once, counted per epoch."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, None] = {}
+
+    def add(self, *results: EpochResult) -> int:
+        for description in (d for result in results for d in result.skipped):
+            if description not in self.seen:
+                self.seen[description] = None
+                log.warning("skipped an unreadable image: %s", description)
+        return len(self.seen)
 
 
 @dataclass
@@ -179,7 +221,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights).to(device)
     train_loader, val_loader = build_loaders(cfg, splits)
-    criterion = nn.CrossEntropyLoss()
+    criterion, balance_params = training_criterion(cfg, splits)
+    eval_criterion = nn.CrossEntropyLoss()  # unweighted, so val_loss compares across data.balance settings
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs)
     run_name, tags, overrides = launch_context(cfg)
@@ -188,26 +231,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.ui_url) as run:
         container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        run.log_params(flatten(container) | _dataset_params(splits))
+        run.log_params(flatten(container) | balance_params)
         run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")
         run.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
         log.info("MLflow run %s: %s", run.id, run.link)
+        log_dataset(run, splits)
+        log_training_preview(run, cfg, train_loader, run_name)
 
         best = BestEpoch(Monitor(cfg.trainer.monitor))
         history: dict[str, list[float]] = {}
+        skipped = SkippedFiles()
         bar = {"progress": cfg.trainer.progress}
         for epoch in range(1, cfg.trainer.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             trained = run_epoch(model, train_loader, criterion, device, optimizer, f"epoch {epoch} train", **bar)
             if not math.isfinite(trained.loss):
                 raise UserError(f"training loss became {trained.loss} in epoch {epoch}; lower optim.lr (now {lr:g})")
-            validated = run_epoch(model, val_loader, criterion, device, None, f"epoch {epoch} valid", **bar)
+            validated = run_epoch(model, val_loader, eval_criterion, device, None, f"epoch {epoch} valid", **bar)
             if scheduler is not None:
                 scheduler.step()
             matrix = confusion_matrix(validated.targets, validated.predictions, cfg.model.num_classes)
             val_metrics = {f"val_{k}": v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
             val_metrics["val_loss"] = validated.loss
             metrics = {"train_loss": trained.loss, "train_accuracy": trained.accuracy, "lr": lr} | val_metrics
+            metrics["skipped_images"] = skipped.add(trained, validated)
             run.log_metrics(metrics, step=epoch)
             for key, value in metrics.items():
                 history.setdefault(key, []).append(value)
@@ -217,6 +264,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best.state is None:
             raise UserError("no epoch gave a finite validation score; check trainer.epochs and the valid split")
         _log_outcome(run, run_name, best, history)
+        if skipped.seen:
+            run.log_text("\n".join(skipped.seen) + "\n", "data/skipped_images.txt")
         log.info("best epoch %d: %s %.4f; open %s (start `mlflow ui` in %s first)",
                  best.epoch, best.monitor.value, best.value, run.link, Path.cwd())  # fmt: skip
     return best.metrics

@@ -66,6 +66,51 @@ def write_lab_layout(
     return csv_dir
 
 
+# fold -> subjects, as in C-NMC: ALL subjects are numbers, healthy ones H<n>.
+CNMC_FOLDS = {0: ["1", "2", "H1"], 1: ["3", "H2"], 2: ["4", "5", "H3"]}
+
+
+def write_cnmc_tree(
+    root: Path,
+    folds: dict[int, list[str]] = CNMC_FOLDS,
+    per_subject: int = 4,
+    size: int = 40,
+    training: str = "training_data",
+    prelim: int = 6,
+    final: int = 0,
+    seed: int = 0,
+) -> Path:
+    """The published C-NMC tree in small: ``<training>/fold_k/{all,hem}/UID_<subject>_<image>_1_<all|hem>.bmp``,
+    a labelled preliminary test set (``prelim`` images of new subjects 90/H90, CSV beside the folder) and an
+    unlabelled final test set (``final`` images). Returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for fold, subjects in folds.items():
+        for subject in subjects:
+            label = 0 if subject.upper().startswith("H") else 1
+            kind = "all" if label else "hem"
+            folder = root / training / f"fold_{fold}" / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for image in range(per_subject):
+                cell = separable_cell(rng, size, label)
+                Image.fromarray(cell).save(folder / f"UID_{subject}_{image + 1}_1_{kind}.bmp")
+    if prelim:
+        folder = root / "validation_data" / "C-NMC_test_prelim_phase_data"
+        folder.mkdir(parents=True)
+        rows = []
+        for index in range(1, prelim + 1):
+            label = index % 2
+            Image.fromarray(separable_cell(rng, size, label)).save(folder / f"{index}.bmp")
+            original = f"UID_90_{index}_1_all.bmp" if label else f"UID_H90_{index}_1_hem.bmp"
+            rows.append({"Patient_ID": original, "new_names": f"{index}.bmp", "labels": label})
+        pd.DataFrame(rows).to_csv(folder.parent / "C-NMC_test_prelim_phase_data_labels.csv", index=False)
+    if final:
+        folder = root / "testing_data" / "C-NMC_test_final_phase_data"
+        folder.mkdir(parents=True)
+        for index in range(1, final + 1):
+            Image.fromarray(separable_cell(rng, size, index % 2)).save(folder / f"{index}.bmp")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_lab(tmp_path_factory) -> Path:
     """A separable lab-layout set: 64 train, 32 valid, 8 test images of 40x40 px."""

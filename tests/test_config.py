@@ -29,7 +29,7 @@ def test_group_options_are_the_documented_ones():
     assert options("optim") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "step"]
     assert options("augmentation") == ["lab", "none"]
-    assert options("data") == ["demo", "lab"]
+    assert options("data") == ["cnmc", "demo", "lab"]
     assert options("experiment") == ["lab3_resnet152", "lab3_resnet18", "lab3_resnet50"]
 
 

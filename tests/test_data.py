@@ -1,4 +1,5 @@
 import json
+import random
 
 import numpy as np
 import pandas as pd
@@ -6,9 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from leukemia.data import Manifest, demo_splits, lab_splits, make_loader, preprocessing, read_lab_csv
+from leukemia.augmentation import build_augmentation
+from leukemia.data import class_weights, make_loader, preprocessing, preview
 from leukemia.demo import SPEC_FILE, TEST_CSV_NAMES, DemoSpec, ensure_demo_dataset
 from leukemia.errors import UserError
+from leukemia.layouts import demo_splits, lab_splits, read_lab_csv
+from leukemia.manifest import Manifest
 
 from conftest import SHARED_DATA, compose_config, write_lab_layout
 
@@ -47,17 +51,122 @@ def test_loader_yields_resized_rgb_tensors(tmp_path):
         read_lab_csv(root / "train.csv", "train", labelled=True),
         unnormalised(36, 32), batch_size=4, num_workers=0, shuffle=False, seed=0,
     )  # fmt: skip
-    images, labels = next(iter(loader))
+    images, labels, _ = next(iter(loader))
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert labels.tolist() == [0, 1, 0, 1]
 
 
-def test_grayscale_images_are_read_as_rgb(tmp_path):
-    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "gray.png")
-    manifest = Manifest("train", [tmp_path / "gray.png"], [0])
-    loader = make_loader(manifest, unnormalised(36, 32), batch_size=1, num_workers=0, shuffle=False, seed=0)
-    assert next(iter(loader))[0].shape == (1, 3, 32, 32)
+def first_image(manifest, crop_size=36, image_size=32):
+    loader = make_loader(manifest, unnormalised(crop_size, image_size), batch_size=1, num_workers=0, shuffle=False,
+                         seed=0)  # fmt: skip
+    return next(iter(loader)).images[0]
+
+
+PURPLE = (120, 40, 140)
+
+
+def odd_mode_images(folder):
+    """One 40x40 file per awkward mode, each a purple (or grey) square on black; returns {mode: path}."""
+    square = np.zeros((40, 40, 3), np.uint8)
+    square[10:30, 10:30] = PURPLE
+    rgb = Image.fromarray(square)
+    rgba = np.dstack([square, np.full((40, 40), 255, np.uint8)])
+    rgba[:10, :, :3] = 255  # white where fully transparent: must come out black
+    rgba[:10, :, 3] = 0
+    grey16 = (square[..., 0].astype(np.uint16) * 257).astype(np.uint16)
+    images = {
+        "L": rgb.convert("L"),
+        "P": rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=8),
+        "RGBA": Image.fromarray(rgba),
+        "LA": Image.fromarray(rgba).convert("LA"),
+        "I;16": Image.fromarray(grey16),
+        "CMYK": rgb.convert("CMYK"),
+    }
+    paths = {}
+    for mode, image in images.items():
+        paths[mode] = folder / f"{mode.replace(';', '')}.{'tif' if mode == 'CMYK' else 'png'}"
+        image.save(paths[mode])
+        with Image.open(paths[mode]) as written:
+            assert written.mode == mode
+    return paths
+
+
+def test_grayscale_palette_rgba_and_16_bit_images_become_rgb_on_black(tmp_path):
+    for mode, path in odd_mode_images(tmp_path).items():
+        image = first_image(Manifest("train", [path], [0]), crop_size=40, image_size=40)
+        assert image.shape == (3, 40, 40), mode
+        assert image[:, :10].max() == 0, mode  # black border, including formerly transparent white pixels
+        inside = image[:, 20, 20] * 255
+        if mode in ("P", "RGBA", "CMYK"):
+            assert torch.allclose(inside, torch.tensor(PURPLE, dtype=torch.float), atol=2), mode
+        else:  # grey levels: the purple's luminance, equal in all three channels
+            assert inside.min() > 50 and inside.max() - inside.min() < 1e-3, mode
+
+
+@pytest.mark.parametrize("size", [(20, 20), (60, 24)])
+def test_images_smaller_than_the_crop_or_not_square_are_padded_with_black(tmp_path, size):
+    Image.fromarray(np.full((size[1], size[0], 3), 200, np.uint8)).save(tmp_path / "small.bmp")
+    image = first_image(Manifest("train", [tmp_path / "small.bmp"], [1]), crop_size=40, image_size=40)
+    assert image.shape == (3, 40, 40)
+    assert image[:, 20, 20].min() > 0.7 and image[:, 0, 0].max() == 0 and image[:, 39, 39].max() == 0
+
+
+def test_an_undecodable_image_is_named_when_read(tmp_path):
+    (tmp_path / "broken.bmp").write_bytes(b"BM not really an image")
+    with pytest.raises(UserError, match=r"broken.bmp: cannot be read as an image .*data.on_bad_image=skip"):
+        first_image(Manifest("train", [tmp_path / "broken.bmp"], [1]))
+
+
+def truncated_copy(source, target):
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    return target
+
+
+def test_a_truncated_image_is_named_or_skipped_and_reported(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 4})
+    truncated = truncated_copy(root / "train" / "1.bmp", root / "train" / "truncated.bmp")
+    manifest = Manifest("train", [root / "train" / "0.bmp", truncated, root / "train" / "2.bmp"], [0, 1, 0])
+    with pytest.raises(UserError, match=r"truncated.bmp: cannot be read as an image \(image file is truncated"):
+        first_image(manifest.select([1]))
+    loader = make_loader(manifest, unnormalised(36, 32), batch_size=2, num_workers=0, shuffle=False, seed=0,
+                         skip_bad=True)  # fmt: skip
+    batches = list(loader)
+    assert [len(batch.labels) for batch in batches] == [1, 1]
+    assert batches[0].labels.tolist() == [0] and len(batches[0].skipped) == 1
+    assert batches[0].skipped[0].startswith(f"{truncated} (image file is truncated")
+    only_bad = make_loader(manifest.select([1]), unnormalised(36, 32), 2, 0, False, 0, skip_bad=True)
+    batch = next(iter(only_bad))
+    assert batch.images.numel() == 0 and len(batch.skipped) == 1
+
+
+def test_the_balanced_sampler_draws_both_classes_equally_often(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 2})
+    paths = [root / "train" / "0.bmp"] * 30 + [root / "train" / "1.bmp"] * 10
+    manifest = Manifest("train", paths, [1] * 30 + [0] * 10)
+    assert class_weights(manifest).tolist() == pytest.approx([2.0, 2 / 3])
+    drawn = []
+    for seed in range(20):
+        loader = make_loader(manifest, unnormalised(36, 32), 40, 0, True, seed, balanced=True)
+        drawn += next(iter(loader)).labels.tolist()
+    assert len(drawn) == 800 and 0.42 < np.mean(drawn) < 0.58  # 0.75 without balancing
+    again = make_loader(manifest, unnormalised(36, 32), 40, 0, True, 19, balanced=True)
+    assert next(iter(again)).labels.tolist() == drawn[-40:]
+
+
+def test_the_preview_leaves_the_random_sequence_unchanged(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 20})
+    manifest = read_lab_csv(root / "train.csv", "train", labelled=True)
+    augmented = preprocessing(36, 32, [0, 0, 0], [1, 1, 1], build_augmentation(compose_config().augmentation))
+    torch.manual_seed(0)
+    random.seed(0)
+    batch = preview(manifest, augmented, count=8)
+    after = (torch.rand(3), random.random())
+    torch.manual_seed(0)
+    random.seed(0)
+    assert torch.equal(after[0], torch.rand(3)) and after[1] == random.random()
+    assert batch.images.shape == (8, 3, 32, 32) and set(batch.labels.tolist()) == {0, 1}
 
 
 def test_missing_root_names_the_path_and_suggests_demo(tmp_path):
@@ -71,10 +180,14 @@ def test_missing_csv_names_the_file(tmp_path):
         lab_splits(lab_cfg(root))
 
 
-def test_missing_image_files_are_counted_and_named(tmp_path):
-    root = write_lab_layout(tmp_path, {"train": 4, "valid": 2})
-    (root / "train" / "2.bmp").unlink()
-    with pytest.raises(UserError, match=r"train.csv: 1 of 4 image files do not exist \(first: .*train/2.bmp\)"):
+def test_missing_image_files_are_counted_and_the_first_few_named(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 8, "valid": 2})
+    for index in (2, 3, 5, 6):
+        (root / "train" / f"{index}.bmp").unlink()
+    with pytest.raises(
+        UserError,
+        match=r"train.csv: 4 of 8 image files do not exist \(first: .*train/2.bmp, .*train/3.bmp, .*/5.bmp, …\)",
+    ):
         lab_splits(lab_cfg(root))
 
 
@@ -85,21 +198,25 @@ def test_csv_without_label_column_names_the_columns(tmp_path):
         lab_splits(lab_cfg(root))
 
 
-def test_labels_other_than_0_and_1_name_the_row(tmp_path):
-    root = write_lab_layout(tmp_path, {"train": 3, "valid": 2})
-    table = pd.read_csv(root / "train.csv")
+def test_labels_other_than_0_and_1_name_the_rows(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 4, "valid": 2})
+    table = pd.read_csv(root / "train.csv").astype({"label": object})
+    table.loc[1, "label"] = "ALL"
     table.loc[2, "label"] = 2
     table.to_csv(root / "train.csv", index=False)
-    with pytest.raises(UserError, match=r"train.csv: 'label' must be 0 \(normal\) or 1 \(ALL\); row 4 has '2'"):
+    with pytest.raises(
+        UserError,
+        match=r"train.csv: 'label' must be 0 \(normal\) or 1 \(ALL\); 2 of 4 rows are not "
+        r"\(row 3 has 'ALL', row 4 has '2'\)",
+    ):
         lab_splits(lab_cfg(root))
 
 
-def test_an_undecodable_image_is_named_when_read(tmp_path):
-    (tmp_path / "broken.bmp").write_bytes(b"BM not really an image")
-    manifest = Manifest("train", [tmp_path / "broken.bmp"], [1])
-    loader = make_loader(manifest, unnormalised(36, 32), batch_size=1, num_workers=0, shuffle=False, seed=0)
-    with pytest.raises(UserError, match=r"broken.bmp: cannot be read as an image"):
-        next(iter(loader))
+def test_a_csv_that_is_not_a_table_is_named(tmp_path):
+    root = write_lab_layout(tmp_path, {"train": 2, "valid": 2})
+    (root / "valid.csv").write_bytes(b"\xff\xfe\x00binary\x00\x81")
+    with pytest.raises(UserError, match=r"valid.csv: not a readable CSV"):
+        lab_splits(lab_cfg(root))
 
 
 SMALL_DEMO = DemoSpec(seed=3, subjects_all=4, subjects_normal=3, images_per_subject=5, source_size=64)
@@ -170,7 +287,7 @@ def test_real_cnmc_cells_read_through_the_lab_reader(tmp_path):
     lab.to_csv(tmp_path / "valid.csv", index=False)
     splits = lab_splits(lab_cfg(tmp_path))
     loader = make_loader(splits.train, unnormalised(350, 64), batch_size=11, num_workers=0, shuffle=False, seed=0)
-    images, labels = next(iter(loader))
+    images, labels, _ = next(iter(loader))
     assert images.shape == (11, 3, 64, 64) and labels.sum().item() == 5
     # Cells are stained purple: blue and red above green inside the cell.
     red, green, blue = images.mean(dim=(0, 2, 3)).tolist()

@@ -1,0 +1,230 @@
+"""Manifests: which image files make up each split, with their labels and subjects when known.
+
+The layouts (``layouts.py``, ``cnmc.py``) produce manifests; everything downstream reads only manifests. The
+checks here run before anything trains and touch no pixels (table and file-existence checks only), so they
+take a moment even on the full 10,661-image C-NMC training set. Unreadable pixels are found when first read
+(``data.CellImages``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from leukemia.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = ("normal", "all")  # label 0 = normal (C-NMC "hem"), label 1 = ALL blast
+SHOWN = 3  # how many culprits a message names
+
+
+def first_few(items: Sequence[object]) -> str:
+    """``a, b, c`` or ``a, b, c, …``: the culprits a one-line message names."""
+    shown = ", ".join(str(item) for item in items[:SHOWN])
+    return shown + (", …" if len(items) > SHOWN else "")
+
+
+def check_labels(table: pd.DataFrame, column: str, where: str) -> list[int]:
+    """The column as 0/1 ints, or an error naming the rows (as numbered in the file, header = row 1)."""
+    values = pd.to_numeric(table[column], errors="coerce")  # "1" among "ALL"s still counts as 1
+    bad = table[column][~values.isin([0, 1])]
+    if not bad.empty:
+        rows = [f"row {index + 2} has '{value}'" for index, value in bad.items()]
+        raise UserError(
+            f"{where}: '{column}' must be 0 (normal) or 1 (ALL); {len(rows)} of {len(table)} rows are not "
+            f"({first_few(rows)})"
+        )
+    return values.astype(int).tolist()
+
+
+def read_csv_columns(csv_path: Path, needed: list[str], split: str) -> pd.DataFrame:
+    """The CSV as a table, after checking it exists, has the needed columns and at least one row."""
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path}: no such CSV; check data.root and the CSV name (or try data=demo)")
+    try:
+        table = pd.read_csv(csv_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserError(f"{csv_path}: not a readable CSV ({str(error).strip()}); fix or regenerate it") from error
+    absent = [column for column in needed if column not in table.columns]
+    if absent:
+        raise UserError(f"{csv_path}: missing column(s) {absent}; found {list(table.columns)}, need {needed}")
+    if table.empty:
+        raise UserError(f"{csv_path}: has no rows; the {split} split needs at least one image")
+    return table
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One split: absolute image paths, 0/1 labels for labelled splits, subject ids where the layout has them.
+
+    ``source`` is the CSV or folder the split was read from, so messages can name it.
+    """
+
+    name: str
+    paths: list[Path]
+    labels: list[int] | None
+    subjects: list[str] | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> dict[str, int]:
+        labels = self.labels or []
+        return {name: labels.count(index) for index, name in enumerate(CLASS_NAMES)}
+
+    def subject_set(self) -> set[str]:
+        return set(self.subjects or ())
+
+    def select(self, indices: Iterable[int], name: str | None = None) -> Manifest:
+        """The rows at ``indices``, in that order (optionally as another split)."""
+        indices = list(indices)
+        return replace(
+            self,
+            name=name or self.name,
+            paths=[self.paths[i] for i in indices],
+            labels=None if self.labels is None else [self.labels[i] for i in indices],
+            subjects=None if self.subjects is None else [self.subjects[i] for i in indices],
+        )
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Manifest
+    valid: Manifest
+    test: Manifest | None
+
+    def present(self) -> list[Manifest]:
+        return [manifest for manifest in (self.train, self.valid, self.test) if manifest is not None]
+
+
+def missing_files_error(paths: Sequence[Path], where: str, hint: str) -> UserError | None:
+    """The error for image files that do not exist (how many, the first few), or None when all exist."""
+    missing = [path for path in paths if not path.is_file()]
+    if not missing:
+        return None
+    return UserError(
+        f"{where}: {len(missing)} of {len(paths)} image files do not exist (first: {first_few(missing)}); {hint}"
+    )
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """A split must have images, each listed once; a training split needs both classes."""
+    where = manifest.source or f"the {manifest.name} split"
+    if not len(manifest):
+        raise UserError(f"{where}: the {manifest.name} split has no images; it needs at least one")
+    repeated = [path for path, count in Counter(manifest.paths).items() if count > 1]
+    if repeated:
+        raise UserError(
+            f"{where}: {len(repeated)} image paths are listed more than once (first: {first_few(repeated)}); "
+            f"list each image once"
+        )
+    if manifest.labels is None:
+        return
+    absent = [name for name, count in manifest.class_counts().items() if count == 0]
+    if absent and manifest.name == "train":
+        raise UserError(f"{where}: the train split has no '{absent[0]}' images; training needs both classes")
+    if absent:
+        log.warning("%s: the %s split has no '%s' images; its per-class scores are undefined",
+                    where, manifest.name, absent[0])  # fmt: skip
+
+
+def check_splits(splits: Splits) -> None:
+    """Each split on its own, then across splits: no image file in two splits (a leak), subject overlap warned."""
+    present = splits.present()
+    for manifest in present:
+        check_manifest(manifest)
+    for index, first in enumerate(present):
+        for second in present[index + 1 :]:
+            shared = sorted(set(first.paths) & set(second.paths))
+            if shared:
+                raise UserError(
+                    f"the {first.name} and {second.name} splits share {len(shared)} image files "
+                    f"(first: {first_few(shared)}); an image may be in one split only"
+                )
+            subjects = sorted(first.subject_set() & second.subject_set())
+            if subjects:
+                log.warning("the %s and %s splits share %d subjects (%s): scores on %s will be optimistic",
+                            first.name, second.name, len(subjects), first_few(subjects), second.name)  # fmt: skip
+
+
+def limit_manifest(manifest: Manifest, limit: int | None) -> Manifest:
+    """At most ``limit`` rows: a fixed pick with each class in proportion (at least one each), original order.
+
+    Unlabelled splits keep their first ``limit`` rows, so a limited test set is still a prefix of the CSV.
+    """
+    if limit is None or len(manifest) <= limit:
+        return manifest
+    if manifest.labels is None:
+        return manifest.select(range(limit))
+    rng = np.random.default_rng(0)
+    labels = np.asarray(manifest.labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = np.maximum(1, np.floor(limit * counts / counts.sum())).astype(int)
+    quotas[np.argmax(counts)] += limit - quotas.sum()  # the remainder goes to the largest class
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == label))[:quota] for label, quota in zip(classes, quotas, strict=True)
+    ]
+    return manifest.select(sorted(np.concatenate(chosen).tolist()))
+
+
+def split_by_subject(pool: Manifest, val_fraction: float, seed: int) -> tuple[Manifest, Manifest]:
+    """A seeded split of whole subjects, class by class: validation takes subjects while that brings its
+    share of the class's images closer to ``val_fraction``; at least one subject of each class on each side."""
+    if pool.subjects is None or pool.labels is None:
+        raise UserError(f"{pool.source}: a subject-disjoint split needs labels and subjects for every image")
+    if not 0 < val_fraction < 1:
+        raise UserError(f"data.val_fraction={val_fraction}: must be between 0 and 1 (e.g. 0.2)")
+    images = Counter(pool.subjects)
+    labels_of: dict[str, Counter] = {}
+    for subject, label in zip(pool.subjects, pool.labels, strict=True):
+        labels_of.setdefault(subject, Counter())[label] += 1
+    majority = {subject: counts.most_common(1)[0][0] for subject, counts in labels_of.items()}
+    rng = np.random.default_rng(seed)
+    validation: set[str] = set()
+    for label, class_name in enumerate(CLASS_NAMES):
+        subjects = sorted(subject for subject, major in majority.items() if major == label)
+        if len(subjects) < 2:
+            raise UserError(
+                f"{pool.source}: {len(subjects)} '{class_name}' subject(s); a subject-disjoint split needs at "
+                f"least 2 per class (use data.split=folds)"
+            )
+        target = val_fraction * sum(images[subject] for subject in subjects)
+        taken = 0
+        for subject in rng.permutation(subjects).tolist()[: len(subjects) - 1]:
+            if taken == 0 or abs(taken + images[subject] - target) < abs(taken - target):
+                validation.add(subject)
+                taken += images[subject]
+    in_validation = [subject in validation for subject in pool.subjects]
+    train = pool.select([i for i, held in enumerate(in_validation) if not held], name="train")
+    valid = pool.select([i for i, held in enumerate(in_validation) if held], name="valid")
+    return train, valid
+
+
+def summarize(splits: Splits) -> dict[str, dict[str, int]]:
+    """Images per split and class, and subjects per split where known: what every run prints and logs."""
+    table: dict[str, dict[str, int]] = {}
+    for manifest in splits.present():
+        row = {"images": len(manifest)}
+        if manifest.labels is not None:
+            row |= manifest.class_counts()
+        if manifest.subjects is not None:
+            row["subjects"] = len(manifest.subject_set())
+        table[manifest.name] = row
+    return table
+
+
+def summary_lines(table: dict[str, dict[str, int]]) -> list[str]:
+    """The summary as an aligned text table (``-`` where a split has no labels or subjects)."""
+    columns = ["images", *CLASS_NAMES, "subjects"]
+    lines = [f"{'split':<6}" + "".join(f"{column:>10}" for column in columns)]
+    for split, row in table.items():
+        lines.append(f"{split:<6}" + "".join(f"{row.get(column, '-'):>10}" for column in columns))
+    return lines
