@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from leukemia.config import register_configs
-from leukemia.layouts import load_splits
 from leukemia.engine import run_epoch
+from leukemia.layouts import load_splits
 from leukemia.models import build_model
 from leukemia.optim import build_optimizer
 from leukemia.tasks import build_loaders

@@ -1,0 +1,134 @@
+"""The data features end to end through the real CLI and a real sqlite MLflow store: the published C-NMC
+tree, the dataset summary and preview, class balancing, skipped images, clear failures."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import FAST, SHARED_DATA, run_cli, write_cnmc_tree, write_lab_layout
+
+SMALL = ("data.crop_size=36", "data.image_size=32", "data.batch_size=8", "data.num_workers=0", "trainer.progress=false")
+
+
+def only_run(folder):
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("leukemia").experiment_id])
+    return client, run
+
+
+def artifact_json(client, run, path, folder):
+    return json.loads(Path(client.download_artifacts(run.info.run_id, path, str(folder))).read_text())
+
+
+@pytest.fixture(scope="module")
+def cnmc_run(tmp_path_factory):
+    """A run on a small published-layout tree, subject-disjoint split, class-balanced sampling."""
+    folder = tmp_path_factory.mktemp("cnmc-run")
+    tree = write_cnmc_tree(folder / "C-NMC_Leukemia", per_subject=6)
+    result = run_cli("data=cnmc", f"data.root={tree}", "data.split=subjects", "data.val_fraction=0.3",
+                     "data.balance=sampler", "trainer.epochs=2", *SMALL, cwd=folder)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, result, *only_run(folder)
+
+
+def test_cnmc_run_finishes_with_a_subject_disjoint_summary(cnmc_run):
+    folder, _, client, run = cnmc_run
+    assert run.info.status == "FINISHED" and run.data.tags["data"] == "cnmc"
+    summary = artifact_json(client, run, "data/summary.json", folder)
+    subjects = {split: set(names) for split, names in summary["subjects"].items()}
+    assert not subjects["train"] & subjects["valid"] and not subjects["test"] & (subjects["train"] | subjects["valid"])
+    assert subjects["train"] | subjects["valid"] == {"1", "2", "3", "4", "5", "H1", "H2", "H3"}
+    params = run.data.params
+    for split in ("train", "valid", "test"):
+        for key, value in summary["counts"][split].items():
+            assert params[f"dataset.{split}.{key}"] == str(value)
+    assert summary["counts"]["test"] == {"images": 6, "normal": 3, "all": 3, "subjects": 2}
+    assert int(params["dataset.train.images"]) + int(params["dataset.valid.images"]) == 48
+    assert params["data.balance"] == "sampler" and params["data.split"] == "subjects"
+
+
+def test_cnmc_run_prints_the_summary_and_logs_a_training_preview(cnmc_run):
+    folder, result, client, run = cnmc_run
+    output = result.stdout + result.stderr
+    header = next(line for line in output.splitlines() if line.split()[-5:] == ["split", "images", "normal", "all",
+                                                                               "subjects"])  # fmt: skip
+    assert header and "valid" in output.split(header)[1].splitlines()[2]
+    listed = {item.path for item in client.list_artifacts(run.info.run_id, "figures")}
+    assert "figures/train_samples.png" in listed
+    png = client.download_artifacts(run.info.run_id, "figures/train_samples.png", str(folder))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(png).stat().st_size > 10_000
+
+
+def test_skipped_images_are_warned_counted_and_listed_and_loss_weights_logged(tmp_path):
+    root = write_lab_layout(tmp_path / "data", {"train": 24, "valid": 8})
+    data = (root / "train" / "5.bmp").read_bytes()
+    (root / "train" / "5.bmp").write_bytes(data[: len(data) // 2])
+    edit = pd.read_csv(root / "train.csv")
+    edit.loc[edit.index[:4], "label"] = 1  # 14 ALL, 10 normal
+    edit.to_csv(root / "train.csv", index=False)
+    result = run_cli(*FAST, f"data.root={root}", "trainer.epochs=2", "data.on_bad_image=skip",
+                     "data.balance=loss", "data.num_workers=1", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert output.count("skipped an unreadable image") == 1 and "train/5.bmp (image file is truncated" in output
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "skipped_images")
+    assert [point.value for point in history] == [1, 1]
+    listed = Path(client.download_artifacts(run.info.run_id, "data/skipped_images.txt", str(tmp_path))).read_text()
+    assert listed.startswith(str(root / "train" / "5.bmp")) and "truncated" in listed
+    assert float(run.data.params["balance.weight_normal"]) == pytest.approx(24 / (2 * 10))
+    assert float(run.data.params["balance.weight_all"]) == pytest.approx(24 / (2 * 14))
+
+
+@pytest.mark.parametrize(
+    ("break_tree", "culprit"),
+    [
+        (lambda tree: shutil.rmtree(tree), "no such folder"),
+        (lambda tree: (tree / "training_data/fold_0/all/scan 1.bmp").write_bytes(b"BM"), "scan 1.bmp"),
+    ],
+    ids=["root", "name"],
+)
+def test_a_bad_cnmc_tree_fails_in_one_line_before_any_run(tmp_path, break_tree, culprit):
+    tree = write_cnmc_tree(tmp_path / "C-NMC_Leukemia", per_subject=1, size=8, prelim=0)
+    break_tree(tree)
+    result = run_cli("data=cnmc", f"data.root={tree}", *SMALL, cwd=tmp_path)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and culprit in last_line and str(tree) in last_line
+    assert not (tmp_path / "mlflow.db").exists()  # failed before any run was opened
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cnmc-sample").is_dir(), reason="real C-NMC sample not available")
+def test_real_cells_train_through_the_published_layout(tmp_path):
+    sample = SHARED_DATA / "cnmc-sample"
+    fold_of = {"1": 0, "H6": 0, "78": 1, "H48": 1, "H3": 1, "57": 2, "H49": 2}
+    tree = tmp_path / "C-NMC_Leukemia"
+    for row in pd.read_csv(sample / "labels.csv").itertuples():
+        folder = tree / "training_data" / f"fold_{fold_of[row.subject]}" / ("all" if row.label else "hem")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample / row.path, folder)
+    result = run_cli("data=cnmc", f"data.root={tree}", "data.image_size=64", "data.num_workers=0",
+                     "trainer.epochs=1", "trainer.progress=false", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no prelim test set found" in result.stdout + result.stderr
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["dataset.train.subjects"], run.data.params["dataset.valid.subjects"]) == ("5", "2")
+    assert "dataset.test.images" not in run.data.params
+
+
+def test_demo_run_trains_end_to_end_with_subjects_in_its_summary(tmp_path):
+    result = run_cli("data=demo", f"paths.cache_dir={tmp_path / 'cache'}", "data.subjects_all=4",
+                     "data.subjects_normal=3", "data.images_per_subject=4", "data.source_size=48",
+                     "data.crop_size=40", "trainer.epochs=1", *SMALL, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.tags["data"] == "demo"
+    params = run.data.params
+    assert (params["dataset.train.subjects"], params["dataset.valid.subjects"]) == ("3", "2")
+    assert (params["dataset.train.images"], params["dataset.test.images"]) == ("12", "8")
