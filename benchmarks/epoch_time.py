@@ -22,7 +22,7 @@ from leukemia.engine import run_epoch
 from leukemia.layouts import load_splits
 from leukemia.models import build_model
 from leukemia.optim import build_optimizer
-from leukemia.tasks import build_loaders
+from leukemia.tasks.train import build_loaders
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

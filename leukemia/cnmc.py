@@ -163,7 +163,8 @@ def prelim_test(folder: Path) -> Manifest:
             f"{csv_path}: {len(unnamed)} 'Patient_ID' values are not C-NMC names (first: {first_few(unnamed)}); "
             f"expected UID_<subject>_<image>_<cell>_<all|hem>.bmp"
         )
-    return Manifest("test", paths, labels, [subject for subject, _ in parsed], str(csv_path))
+    ids = table["new_names"].astype(str).tolist()
+    return Manifest("test", paths, labels, [subject for subject, _ in parsed], str(csv_path), ids)
 
 
 def final_test(folder: Path) -> Manifest:

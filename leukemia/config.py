@@ -20,6 +20,15 @@ class Device(str, Enum):
 
 class Task(str, Enum):
     train = "train"
+    eval = "eval"  # evaluate a run's (or a file's) weights on the test split, write a submission
+    plot = "plot"  # compare runs: curves, confusion matrices, a summary table
+
+
+class TTA(str, Enum):
+    """Test-time augmentation: ``flips`` averages the softmax over the 4 flip combinations."""
+
+    none = "none"
+    flips = "flips"
 
 
 class Balance(str, Enum):
@@ -147,6 +156,8 @@ class LabDataConfig(DataConfig):
     train_csv: str = "train.csv"
     valid_csv: str = "valid.csv"
     test_csv: str = "resnet_18_test.csv"
+    # Optional ``Path,label`` CSV with the test split's labels (the demo writes test_labels.csv): test metrics.
+    test_labels_csv: str | None = None
 
 
 @dataclass
@@ -182,6 +193,19 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    tta: TTA = TTA.none
+    # Evaluation batches are this many times data.batch_size (no gradients, so they fit).
+    batch_factor: int = 2
+
+
+@dataclass
+class PlotConfig:
+    # Run ids to compare; empty means the runs of the latest sweep in tracking.experiment.
+    runs: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "leukemia"
@@ -206,12 +230,21 @@ class Config:
     augmentation: AugmentationConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     task: Task = Task.train
     seed: int = 42
     # A short free-text run name; empty means "<model>-<optim>-lr<lr>".
     run_name: str = ""
+    # task=eval: the MLflow run whose config and best weights to evaluate, or a local state_dict file instead.
+    run_id: str | None = None
+    weights: str | None = None
+
+
+# The schema of each data option, by its ``data.name``: how a stored config is typed again (task=eval).
+DATA_SCHEMAS: dict[str, type[DataConfig]] = {"lab": LabDataConfig, "demo": DemoDataConfig, "cnmc": CnmcDataConfig}
 
 
 def register_configs() -> None:

@@ -1,4 +1,4 @@
-"""One pass over a loader: training (with an optimizer) or evaluation (without)."""
+"""One pass over a loader: training (with an optimizer) or evaluation (without); predicting class probabilities."""
 
 from __future__ import annotations
 
@@ -59,3 +59,44 @@ def run_epoch(
     if not seen:
         return EpochResult(float("nan"), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), skipped)
     return EpochResult(total_loss / seen, torch.cat(targets).numpy(), torch.cat(predictions).numpy(), skipped)
+
+
+FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both
+
+
+@dataclass
+class Predictions:
+    probabilities: np.ndarray  # (images, classes) softmax
+    targets: np.ndarray  # -1 where the split is unlabelled
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    flips: bool = False,
+    description: str = "",
+    progress: bool = True,
+) -> Predictions:
+    """Class probabilities for every image of the loader, in order; with ``flips`` the softmax is averaged
+    over the four flip combinations (test-time augmentation: cells have no orientation)."""
+    model.eval()
+    probabilities, targets, skipped = [], [], []
+    for batch in tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch"):
+        skipped += batch.skipped
+        if not len(batch.labels):
+            continue
+        images = batch.images.to(device, non_blocking=True)
+        views = [images.flip(dims) if dims else images for dims in (FLIPS if flips else FLIPS[:1])]
+        softmax = torch.stack([model(view).softmax(dim=1) for view in views]).mean(dim=0)
+        probabilities.append(softmax.float().cpu())
+        targets.append(batch.labels)
+    if not probabilities:
+        return Predictions(np.empty((0, 0)), np.empty(0, dtype=np.int64), skipped)
+    return Predictions(torch.cat(probabilities).numpy(), torch.cat(targets).numpy(), skipped)

@@ -7,7 +7,8 @@ way, ``data=cnmc`` reads the published C-NMC 2019 tree (``cnmc.py``). A new layo
 
 from __future__ import annotations
 
-from dataclasses import fields
+import logging
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from leukemia.manifest import (
     Splits,
     check_labels,
     check_splits,
+    first_few,
     limit_manifest,
     missing_files_error,
     read_csv_columns,
 )
+
+log = logging.getLogger(__name__)
 
 PATH_COLUMN = "Path"
 LABEL_COLUMN = "label"
@@ -51,7 +55,25 @@ def read_lab_csv(csv_path: Path, split: str, labelled: bool) -> Manifest:
     table = read_csv_columns(csv_path, [PATH_COLUMN, LABEL_COLUMN] if labelled else [PATH_COLUMN], split)
     labels = check_labels(table, LABEL_COLUMN, str(csv_path)) if labelled else None
     subjects = table[SUBJECT_COLUMN].astype(str).tolist() if SUBJECT_COLUMN in table.columns else None
-    return Manifest(split, _resolve_paths(table[PATH_COLUMN], csv_path), labels, subjects, str(csv_path))
+    paths = _resolve_paths(table[PATH_COLUMN], csv_path)
+    return Manifest(split, paths, labels, subjects, str(csv_path), table[PATH_COLUMN].astype(str).tolist())
+
+
+def with_test_labels(test: Manifest, labels_csv: Path) -> Manifest:
+    """The test split with labels (and subjects) from a ``Path,label`` CSV that covers every test image."""
+    table = read_csv_columns(labels_csv, [PATH_COLUMN, LABEL_COLUMN], "test")
+    labels = dict(zip(table[PATH_COLUMN].astype(str), check_labels(table, LABEL_COLUMN, str(labels_csv)), strict=True))
+    unlabelled = [identifier for identifier in test.identifiers() if identifier not in labels]
+    if unlabelled:
+        raise UserError(
+            f"{labels_csv}: no label for {len(unlabelled)} of {len(test)} rows of {test.source} "
+            f"(first: {first_few(unlabelled)}); its 'Path' values must match the test CSV's"
+        )
+    subjects = None
+    if SUBJECT_COLUMN in table.columns:
+        subject_of = dict(zip(table[PATH_COLUMN].astype(str), table[SUBJECT_COLUMN].astype(str), strict=True))
+        subjects = [subject_of[identifier] for identifier in test.identifiers()]
+    return replace(test, labels=[labels[identifier] for identifier in test.identifiers()], subjects=subjects)
 
 
 def lab_splits(data_cfg: Any) -> Splits:
@@ -63,10 +85,17 @@ def lab_splits(data_cfg: Any) -> Splits:
             f"{data_cfg.train_csv}, or try data=demo"
         )
     test_csv = root / data_cfg.test_csv
+    test = None
+    if test_csv.is_file():
+        test = read_lab_csv(test_csv, "test", labelled=False)
+        if data_cfg.test_labels_csv:
+            test = with_test_labels(test, root / data_cfg.test_labels_csv)
+    else:
+        log.info("no test CSV %s: test evaluation is skipped", test_csv)
     return Splits(
         train=read_lab_csv(root / data_cfg.train_csv, "train", labelled=True),
         valid=read_lab_csv(root / data_cfg.valid_csv, "valid", labelled=True),
-        test=read_lab_csv(test_csv, "test", labelled=False) if test_csv.is_file() else None,
+        test=test,
     )
 
 

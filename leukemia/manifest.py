@@ -64,7 +64,8 @@ def read_csv_columns(csv_path: Path, needed: list[str], split: str) -> pd.DataFr
 class Manifest:
     """One split: absolute image paths, 0/1 labels for labelled splits, subject ids where the layout has them.
 
-    ``source`` is the CSV or folder the split was read from, so messages can name it.
+    ``source`` is the CSV or folder the split was read from, so messages can name it; ``ids`` are the images'
+    names as that source writes them (a lab CSV's ``Path`` strings), what a submission's ``ID`` column repeats.
     """
 
     name: str
@@ -72,6 +73,7 @@ class Manifest:
     labels: list[int] | None
     subjects: list[str] | None = None
     source: str = ""
+    ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -83,6 +85,9 @@ class Manifest:
     def subject_set(self) -> set[str]:
         return set(self.subjects or ())
 
+    def identifiers(self) -> list[str]:
+        return self.ids if self.ids is not None else [path.name for path in self.paths]
+
     def select(self, indices: Iterable[int], name: str | None = None) -> Manifest:
         """The rows at ``indices``, in that order (optionally as another split)."""
         indices = list(indices)
@@ -92,6 +97,7 @@ class Manifest:
             paths=[self.paths[i] for i in indices],
             labels=None if self.labels is None else [self.labels[i] for i in indices],
             subjects=None if self.subjects is None else [self.subjects[i] for i in indices],
+            ids=None if self.ids is None else [self.ids[i] for i in indices],
         )
 
 

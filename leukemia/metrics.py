@@ -37,3 +37,20 @@ def classification_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> di
     for index, name in enumerate(class_names):
         metrics[f"accuracy_{name}"] = float(recall[index])
     return metrics
+
+
+def roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (higher = class 1) against 0/1 ``targets``: the chance that a
+    random class-1 image scores above a random class-0 one (ties count half). NaN when a class is absent."""
+    targets = np.asarray(targets)
+    positives, negatives = int((targets == 1).sum()), int((targets == 0).sum())
+    if not positives or not negatives:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(sorted_scores):  # average the ranks of tied scores
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[targets == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))

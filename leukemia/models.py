@@ -131,25 +131,50 @@ def build_model(depth: int, num_classes: int = 2, weights: str | Path | None = N
     return model
 
 
-def load_pretrained(model: ResNet, path: str | Path, model_name: str) -> None:
-    """Load a torchvision-format state_dict; the head stays fresh when its class count differs."""
+def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
+    """A state_dict from disk, never unpickling code (``weights_only=True``); ``key`` names the setting in
+    error messages (``model.weights``, ``weights``)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"model.weights={path}: no such file; give a torchvision-format .pth state_dict")
+        raise UserError(f"{key}={path}: no such file; give a .pt/.pth state_dict saved with torch.save")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a file that is not a state_dict
-        raise UserError(f"model.weights={path}: not a loadable state_dict ({error.__class__.__name__})") from error
+        raise UserError(f"{key}={path}: not a loadable state_dict ({error.__class__.__name__})") from error
     if not isinstance(state, dict):
-        raise UserError(f"model.weights={path}: holds a {type(state).__name__}, expected a state_dict")
-    if "fc.weight" in state and state["fc.weight"].shape != model.fc.weight.shape:
-        state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+        raise UserError(f"{key}={path}: holds a {type(state).__name__}, expected a state_dict")
+    return state
+
+
+def _misfits(model: ResNet, state: dict[str, Tensor], head: bool) -> list[str]:
+    """Keys missing, extra or of another shape (the ``fc.`` head only when ``head``)."""
     own = model.state_dict()
     misfits = [key for key in state if key not in own or state[key].shape != own[key].shape]
-    misfits += [key for key in own if key not in state and not key.startswith("fc.")]
+    return misfits + [key for key in own if key not in state and (head or not key.startswith("fc."))]
+
+
+def load_pretrained(model: ResNet, path: str | Path, model_name: str) -> None:
+    """Start from a torchvision-format state_dict; the head stays fresh when its class count differs."""
+    state = read_state_dict(path, "model.weights")
+    if "fc.weight" in state and state["fc.weight"].shape != model.fc.weight.shape:
+        state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    misfits = _misfits(model, state, head=False)
     if misfits:
         raise UserError(
             f"model.weights={path}: does not fit {model_name} ({len(misfits)} keys missing, extra or of "
             f"another shape, e.g. {misfits[:2]}); choose the model that matches the file"
         )
     model.load_state_dict(state, strict=False)
+
+
+def load_trained(model: ResNet, state: dict[str, Tensor], source: str, model_name: str) -> None:
+    """Load weights a run trained, exactly: the same depth and the same number of classes."""
+    misfits = _misfits(model, state, head=True)
+    if misfits:
+        classes = state["fc.weight"].shape[0] if "fc.weight" in state else "?"
+        raise UserError(
+            f"{source}: does not fit {model_name} with {model.fc.out_features} classes (the file's head has "
+            f"{classes}; {len(misfits)} keys missing, extra or of another shape, e.g. {misfits[:2]}); pass the "
+            f"model=/model.num_classes= the weights were trained with"
+        )
+    model.load_state_dict(state)

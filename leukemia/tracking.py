@@ -1,14 +1,17 @@
 """Everything MLflow: the one module that imports it.
 
 A run is opened with an explicit name (never MLflow's random one, which repeats once the RNG is seeded) and is
-always closed with a final status: FINISHED, FAILED on an error, KILLED on Ctrl-C.
+always closed with a final status: FINISHED, FAILED on an error, KILLED on Ctrl-C. ``Store`` reads finished
+runs back (config, weights, metric histories) for evaluation and reports.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,14 @@ import mlflow
 import torch
 from matplotlib import pyplot as plt
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from leukemia.errors import UserError
+
+PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests a run under another in its UI
+# Reading a run's config and weights back would otherwise draw a progress bar per file.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -35,6 +46,7 @@ class Run:
 
     def __init__(self, run: mlflow.ActiveRun, ui_url: str):
         self.id = run.info.run_id
+        self.name = run.info.run_name
         self.experiment_id = run.info.experiment_id
         self.ui_url = ui_url
 
@@ -56,6 +68,9 @@ class Run:
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         mlflow.log_dict(dict(data), artifact_file)
 
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
     def log_figure(self, figure: plt.Figure, artifact_file: str) -> None:
         mlflow.log_figure(figure, artifact_file)
         plt.close(figure)
@@ -70,11 +85,20 @@ class Run:
 
 
 @contextmanager
-def tracked_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str], ui_url: str) -> Iterator[Run]:
-    """Open a run in ``experiment`` at ``uri``; close it FINISHED, FAILED or KILLED."""
+def tracked_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    ui_url: str,
+    parent_run_id: str | None = None,
+) -> Iterator[Run]:
+    """Open a run in ``experiment`` at ``uri`` (nested under ``parent_run_id`` if given); close it FINISHED,
+    FAILED or KILLED."""
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
-    active = mlflow.start_run(run_name=run_name, tags=dict(tags))
+    tags = dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
+    active = mlflow.start_run(run_name=run_name, tags=tags)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         yield Run(active, ui_url)
@@ -84,3 +108,68 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str
         raise
     finally:
         mlflow.end_run(status=status)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A logged run as read back: what evaluation and reports need of it."""
+
+    id: str
+    name: str
+    experiment_id: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(
+        run.info.run_id,
+        run.info.run_name,
+        run.info.experiment_id,
+        run.info.status,
+        run.info.start_time or 0,
+        dict(run.data.params),
+        dict(run.data.tags),
+        dict(run.data.metrics),
+    )
+
+
+class Store:
+    """Reads runs back from the tracking store at ``uri``; every miss is a one-line UserError naming it."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def run(self, run_id: str) -> RunRecord:
+        try:
+            return _record(self.client.get_run(run_id))
+        except MlflowException as error:
+            raise UserError(
+                f"run_id={run_id}: no such run in {self.uri} (tracking.uri); copy the id from the run's link or "
+                f"from `mlflow ui`, and launch from the folder that holds mlflow.db"
+            ) from error
+
+    def runs(self, experiment: str) -> list[RunRecord]:
+        """Every run of ``experiment``, newest first (none if the experiment does not exist)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        runs = self.client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+        return [_record(run) for run in runs]
+
+    def history(self, run_id: str, key: str) -> list[float]:
+        """A metric's values by step (epoch)."""
+        points = sorted(self.client.get_metric_history(run_id, key), key=lambda point: point.step)
+        return [point.value for point in points]
+
+    def download(self, run: RunRecord, artifact: str, folder: Path, why: str) -> Path:
+        """The artifact as a local file under ``folder``; ``why`` ends the error when the run lacks it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(run.id, artifact, str(folder)))
+        except (MlflowException, OSError) as error:
+            raise UserError(f"run {run.id} ({run.name}, {run.status}) has no {artifact}; {why}") from error

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from leukemia.metrics import classification_metrics, confusion_matrix
+from leukemia.metrics import classification_metrics, confusion_matrix, roc_auc
 
 
 def test_confusion_matrix_rows_are_true_classes():
@@ -27,3 +27,20 @@ def test_predicting_only_the_majority_class_scores_half_balanced_accuracy():
     assert metrics["accuracy"] == pytest.approx(2 / 3)
     assert metrics["balanced_accuracy"] == pytest.approx(0.5)
     assert metrics["accuracy_normal"] == 0.0
+
+
+def brute_force_auc(targets, scores):
+    pairs = [(p, n) for p in scores[targets == 1] for n in scores[targets == 0]]
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+
+
+def test_roc_auc_equals_the_pairwise_definition_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        targets = rng.integers(0, 2, 40)
+        scores = np.round(rng.random(40), 1)  # many ties
+        if 0 < targets.sum() < 40:
+            assert roc_auc(targets, scores) == pytest.approx(brute_force_auc(targets, scores))
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.3])))

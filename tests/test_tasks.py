@@ -4,7 +4,8 @@ import torch
 
 from leukemia.config import Device, Monitor
 from leukemia.errors import UserError
-from leukemia.tasks import BestEpoch, check_ranges, default_run_name, resolve_device
+from leukemia.tasks.common import check_ranges, default_run_name, resolve_device
+from leukemia.tasks.train import BestEpoch
 
 from conftest import compose_config
 

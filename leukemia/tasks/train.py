@@ -1,31 +1,20 @@
-"""Tasks: what ``python run.py task=...`` does, wiring data, model, engine and tracking together.
-
-Everything that can be checked before training (value ranges, data paths, weights file, device) is checked
-before an MLflow run is opened, so a typo costs seconds and leaves no run behind; a failure after that marks
-the run FAILED.
-"""
+"""task=train: train, validate every epoch, keep the best epoch, then evaluate it on the test split."""
 
 from __future__ import annotations
 
 import logging
 import math
-import random
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from leukemia.augmentation import build_augmentation
-from leukemia.config import Balance, Device, Monitor, OnBadImage, Task
+from leukemia.config import Balance, Monitor, OnBadImage
 from leukemia.data import class_weights, displayable, make_loader, preprocessing, preview
 from leukemia.engine import EpochResult, run_epoch
 from leukemia.errors import UserError
@@ -35,74 +24,11 @@ from leukemia.manifest import CLASS_NAMES, Splits, summarize, summary_lines
 from leukemia.metrics import classification_metrics, confusion_matrix
 from leukemia.models import build_model
 from leukemia.optim import build_optimizer, build_scheduler
+from leukemia.tasks.common import check_ranges, launch_context, resolve_device, seed_everything
+from leukemia.tasks.evaluate import evaluate_test
 from leukemia.tracking import Run, flatten, tracked_run
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(choice: Device) -> torch.device:
-    if choice == Device.cuda and not torch.cuda.is_available():
-        raise UserError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
-    if choice == Device.cpu or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-POSITIVE_KEYS = ("trainer.epochs", "data.batch_size", "data.crop_size", "data.image_size", "optim.lr")
-
-
-def check_ranges(cfg: DictConfig) -> None:
-    """Values the schema types cannot rule out: counts, sizes and the learning rate must be positive."""
-    for key in POSITIVE_KEYS:
-        value = OmegaConf.select(cfg, key)
-        if not value > 0:
-            raise UserError(f"{key}={value}: must be greater than 0")
-    if cfg.data.num_workers < 0:
-        raise UserError(f"data.num_workers={cfg.data.num_workers}: must be 0 (load in the main process) or more")
-
-
-def default_run_name(cfg: DictConfig) -> str:
-    return cfg.run_name or f"{cfg.model.name}-{cfg.optim.name}-lr{cfg.optim.lr:g}"
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
-    """Run name, tags and command-line overrides, from Hydra's runtime when launched through run.py."""
-    tags = {"model": cfg.model.name, "data": cfg.data.name, "task": str(cfg.task.value)}
-    commit = _git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    name = default_run_name(cfg)
-    overrides: list[str] = []
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        overrides = list(hydra_cfg.overrides.task)
-        tags["overrides"] = " ".join(overrides)
-        tags["output_dir"] = hydra_cfg.runtime.output_dir
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            tags["sweep_id"] = hydra_cfg.sweep.dir
-            tags["sweep_job"] = str(hydra_cfg.job.num)
-            name = f"{name}-job{hydra_cfg.job.num}"
-    return name, tags, overrides
 
 
 def build_loaders(cfg: DictConfig, splits: Splits) -> tuple[DataLoader, DataLoader]:
@@ -264,23 +190,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best.state is None:
             raise UserError("no epoch gave a finite validation score; check trainer.epochs and the valid split")
         _log_outcome(run, run_name, best, history)
+        if splits.test is not None:
+            model.load_state_dict(best.state)
+            evaluate_test(model, cfg, splits.test, device, run)
         if skipped.seen:
             run.log_text("\n".join(skipped.seen) + "\n", "data/skipped_images.txt")
         log.info("best epoch %d: %s %.4f; open %s (start `mlflow ui` in %s first)",
                  best.epoch, best.monitor.value, best.value, run.link, Path.cwd())  # fmt: skip
     return best.metrics
-
-
-TASKS: dict[Task, Any] = {Task.train: train}
-
-
-def run_task(cfg: DictConfig) -> Any:
-    """Entry point for run.py: dispatch on ``task``; a UserError ends the process with one line and exit 1,
-    Ctrl-C with exit 130."""
-    try:
-        return TASKS[Task(cfg.task)](cfg)
-    except UserError as error:
-        sys.exit(f"error: {error.one_line()}")
-    except KeyboardInterrupt:
-        print("interrupted (an open MLflow run is marked KILLED)", file=sys.stderr)
-        sys.exit(130)

@@ -1,0 +1,90 @@
+"""What every task shares: value checks, seeding, the device, and the run's name and tags."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from leukemia.config import Device, Task
+from leukemia.errors import UserError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(choice: Device) -> torch.device:
+    if choice == Device.cuda and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
+    if choice == Device.cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+POSITIVE_KEYS = ("trainer.epochs", "data.batch_size", "data.crop_size", "data.image_size", "optim.lr")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Values the schema types cannot rule out: counts, sizes and the learning rate must be positive."""
+    for key in POSITIVE_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if not value > 0:
+            raise UserError(f"{key}={value}: must be greater than 0")
+    if cfg.data.num_workers < 0:
+        raise UserError(f"data.num_workers={cfg.data.num_workers}: must be 0 (load in the main process) or more")
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    return cfg.run_name or f"{cfg.model.name}-{cfg.optim.name}-lr{cfg.optim.lr:g}"
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+RUN_KINDS = {Task.train: "train", Task.eval: "eval", Task.plot: "report"}  # the runs' "kind" tag
+
+
+def output_dir() -> Path:
+    """Where this job writes files: Hydra's output folder for the job, else the working directory."""
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+
+
+def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
+    """Run name, tags and command-line overrides, from Hydra's runtime when launched through run.py."""
+    task = Task(cfg.task)
+    tags = {"model": cfg.model.name, "data": cfg.data.name, "task": task.value, "kind": RUN_KINDS[task]}
+    commit = _git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    name = default_run_name(cfg)
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        tags["overrides"] = " ".join(overrides)
+        tags["output_dir"] = hydra_cfg.runtime.output_dir
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            tags["sweep_id"] = hydra_cfg.sweep.dir
+            tags["sweep_job"] = str(hydra_cfg.job.num)
+            name = f"{name}-job{hydra_cfg.job.num}"
+    return name, tags, overrides

@@ -1,0 +1,150 @@
+"""task=eval, and the test evaluation that ends task=train: a Kaggle-style submission for the test split, and
+test metrics when the split is labelled.
+
+``python run.py task=eval run_id=<id>`` reads the run's own resolved config and best weights back from MLflow
+and logs into a new child run nested under it (the training run's own numbers stay as they were);
+``weights=<file>`` evaluates a local state_dict with the config composed on the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from leukemia.config import DATA_SCHEMAS, TTA
+from leukemia.data import make_loader, preprocessing
+from leukemia.engine import predict
+from leukemia.errors import UserError
+from leukemia.figures import confusion_matrix_figure
+from leukemia.layouts import load_splits
+from leukemia.manifest import CLASS_NAMES, Manifest
+from leukemia.metrics import classification_metrics, confusion_matrix, roc_auc
+from leukemia.models import build_model, load_trained, read_state_dict
+from leukemia.tasks.common import check_ranges, launch_context, output_dir, resolve_device
+from leukemia.tracking import Run, Store, tracked_run
+
+log = logging.getLogger(__name__)
+
+SUBMISSION = "submission.csv"
+PREDICTIONS = "predictions.csv"
+# Keys the eval command sets for itself rather than taking from the evaluated run.
+EVAL_KEYS = ("task", "run_id", "weights", "eval", "tracking", "trainer.device", "trainer.progress", "hydra")
+GROUPS = ("model", "optim", "scheduler", "augmentation", "data")
+
+
+def evaluation_loader(cfg: DictConfig, manifest: Manifest) -> DataLoader:
+    """In order, preprocessing only, larger batches; never skips a file (every test row needs a prediction)."""
+    sizes = (cfg.data.crop_size, cfg.data.image_size, cfg.data.mean, cfg.data.std)
+    batch_size = cfg.data.batch_size * cfg.eval.batch_factor
+    return make_loader(manifest, preprocessing(*sizes), batch_size, cfg.data.num_workers, shuffle=False, seed=0)
+
+
+def evaluate_test(model: nn.Module, cfg: DictConfig, test: Manifest, device: torch.device, run: Run) -> dict:
+    """Predict the test split; write and log ``submission.csv`` (``ID,label``: the test CSV's own IDs, same
+    rows, same order) and ``predictions.csv``; with labels, log and return the ``test_*`` metrics."""
+    flips = TTA(cfg.eval.tta) == TTA.flips
+    predictions = predict(model, evaluation_loader(cfg, test), device, flips, "test", cfg.trainer.progress)
+    folder = output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    submission = pd.DataFrame({"ID": test.identifiers(), "label": predictions.labels})
+    submission.to_csv(folder / SUBMISSION, index=False)
+    detail = submission.assign(**{f"probability_{name}": predictions.probabilities[:, k]
+                                  for k, name in enumerate(CLASS_NAMES)})  # fmt: skip
+    if test.labels is not None:
+        detail["true_label"] = test.labels
+    detail.to_csv(folder / PREDICTIONS, index=False)
+    for name in (SUBMISSION, PREDICTIONS):
+        run.log_artifact(folder / name)
+    log.info("submission: %d rows (%s) -> %s", len(submission), test.source, folder / SUBMISSION)
+    if test.labels is None:
+        log.info("the test split has no labels: predictions only")
+        return {}
+    matrix = confusion_matrix(predictions.targets, predictions.labels, len(CLASS_NAMES))
+    metrics = {f"test_{key}": value for key, value in classification_metrics(matrix, CLASS_NAMES).items()}
+    metrics["test_roc_auc"] = roc_auc(predictions.targets, predictions.probabilities[:, 1])
+    run.log_metrics(metrics)
+    title = f"{run.name}: test ({len(test)} images, tta={TTA(cfg.eval.tta).value})"
+    run.log_figure(confusion_matrix_figure(matrix, CLASS_NAMES, title), "figures/test_confusion_matrix.png")
+    counts = {"classes": list(CLASS_NAMES), "rows": "true", "columns": "predicted", "counts": matrix.tolist()}
+    run.log_dict(counts, "figures/test_confusion_matrix.json")
+    log.info("test: " + "  ".join(f"{key.removeprefix('test_')} {value:.4f}" for key, value in metrics.items()))
+    return metrics
+
+
+def _command_line_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def config_of_run(stored: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The evaluated run's resolved config, typed again by its data schema (keys added since default), with
+    the eval command's own keys and its single-key overrides (``data.root=…``) on top."""
+    missing = [key for key in ("model", "data", "trainer") if key not in stored]
+    if missing:
+        raise UserError(f"run {cfg.run_id}: its config/config.yaml lacks {missing}; task=eval reads runs of task=train")
+    merged = stored.copy()
+    schema = DATA_SCHEMAS.get(stored.data.name)
+    if schema is not None:
+        merged.data = OmegaConf.merge(OmegaConf.structured(schema), stored.data)
+    for key in ("task", "eval", "tracking", "run_id", "weights"):
+        OmegaConf.update(merged, key, cfg[key], force_add=True)
+    OmegaConf.update(merged, "trainer", {"device": cfg.trainer.device, "progress": cfg.trainer.progress}, merge=True)
+    for override in _command_line_overrides():
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith(EVAL_KEYS):
+            continue
+        if key in GROUPS and override.split("=", 1)[1] == stored[key].name:
+            continue  # naming the run's own option changes nothing
+        if key in GROUPS or "." not in key:
+            raise UserError(
+                f"{override}: task=eval keeps the evaluated run's config groups; override single keys "
+                f"(data.root=…, data.test_csv=…), or evaluate a file with weights=<path> and any config"
+            )
+        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    return merged
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate a run's best weights (``run_id=``) or a state_dict file (``weights=``) on the test split."""
+    if bool(cfg.run_id) == bool(cfg.weights):
+        raise UserError("task=eval needs exactly one of run_id=<MLflow run id> or weights=<state_dict file>")
+    with tempfile.TemporaryDirectory() as scratch:
+        if cfg.run_id:
+            store = Store(cfg.tracking.uri)
+            source = store.run(cfg.run_id)
+            no_config = "task=eval reads runs made by task=train"
+            run_cfg = config_of_run(
+                OmegaConf.load(store.download(source, "config/config.yaml", Path(scratch), no_config)), cfg
+            )
+            no_weights = "the run ended before a validation epoch; evaluate a file with weights=<path> instead"
+            weights_file = store.download(source, "weights/best.pt", Path(scratch), no_weights)
+            label, name, parent = f"run {source.id}'s weights/best.pt", f"{source.name}-eval", source.id
+        else:
+            run_cfg, weights_file = cfg, Path(cfg.weights)
+            label, name, parent = f"weights={weights_file}", f"eval-{weights_file.stem}", None
+        state = read_state_dict(weights_file, "weights")
+    check_ranges(run_cfg)
+    device = resolve_device(cfg.trainer.device)
+    model = build_model(run_cfg.model.depth, run_cfg.model.num_classes)
+    load_trained(model, state, label, run_cfg.model.name)
+    test = load_splits(run_cfg.data).test
+    if test is None:
+        raise UserError(
+            f"data.root={run_cfg.data.root}: no test split found there; point data.root (or data.test_csv, "
+            f"data.test_set) at a test set"
+        )
+    _, tags, _ = launch_context(cfg)
+    tags |= {"model": run_cfg.model.name, "data": run_cfg.data.name, "evaluated": parent or str(weights_file)}
+    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, cfg.tracking.ui_url, parent) as run:
+        run.log_params({"eval.tta": TTA(cfg.eval.tta).value, "data.root": run_cfg.data.root, "test.source": test.source,
+                        "test.images": len(test), "weights": label})  # fmt: skip
+        metrics = evaluate_test(model.to(device), run_cfg, test, device, run)
+        log.info("evaluation run %s: %s", run.id, run.link)
+    return metrics

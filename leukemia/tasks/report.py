@@ -1,0 +1,161 @@
+"""task=plot: compare training runs read back from MLflow.
+
+By default the runs of the latest sweep in ``tracking.experiment``, or those named by ``plot.runs``. Writes the
+seed's comparison figure (train and validation accuracy per epoch of every run, on one figure), the loss
+curves, the runs' confusion matrices side by side, and a summary table (CSV and Markdown) of each run's best
+metrics and hyper-parameters, into the job's output folder and into a new MLflow run of kind "report".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from leukemia.errors import UserError
+from leukemia.figures import comparison_figure, confusion_grid_figure
+from leukemia.manifest import CLASS_NAMES
+from leukemia.tasks.common import launch_context, output_dir
+from leukemia.tracking import RunRecord, Store, tracked_run
+
+log = logging.getLogger(__name__)
+
+CURVES = ("train_accuracy", "val_accuracy", "train_loss", "val_loss")
+# Hyper-parameters every summary row shows; any other param that differs between the runs is added.
+KEY_PARAMS = ("model.name", "optim.name", "optim.lr", "data.batch_size", "data.image_size", "trainer.epochs")
+SUMMARY_METRICS = (
+    "best_epoch",
+    "best_val_accuracy",
+    "best_val_balanced_accuracy",
+    "best_val_f1_weighted",
+    "best_val_accuracy_normal",
+    "best_val_accuracy_all",
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "test_f1_weighted",
+    "test_roc_auc",
+)
+# Params that differ between runs without being hyper-parameters (or that follow from one, as the depth).
+NOT_HYPERPARAMETERS = ("dataset.", "paths.", "tracking.", "run_name", "run_id", "weights", "plot.", "task",
+                       "model.depth", "data.test_csv", "data.test_labels_csv")  # fmt: skip
+
+
+def select_runs(store: Store, cfg: DictConfig) -> tuple[list[RunRecord], str]:
+    """The runs to compare and what they are (for titles): ``plot.runs``, else the newest sweep's jobs."""
+    if cfg.plot.runs:
+        return [store.run(run_id) for run_id in cfg.plot.runs], f"{len(cfg.plot.runs)} runs"
+    swept = [run for run in store.runs(cfg.tracking.experiment)
+             if run.tags.get("task") == "train" and "sweep_id" in run.tags]  # fmt: skip
+    if not swept:
+        raise UserError(
+            f"tracking.experiment={cfg.tracking.experiment}: no sweep runs in {cfg.tracking.uri}; run a sweep "
+            f"(python run.py -m model=resnet18,resnet50) or name runs with plot.runs=[<id>,<id>]"
+        )
+    sweep = swept[0].tags["sweep_id"]  # runs come newest first
+    runs = sorted((run for run in swept if run.tags["sweep_id"] == sweep), key=lambda run: int(run.tags["sweep_job"]))
+    return runs, f"sweep {Path(sweep).name}"
+
+
+def varying_params(runs: list[RunRecord]) -> list[str]:
+    """Hyper-parameters whose values differ between the runs (what tells them apart)."""
+    keys = sorted({key for run in runs for key in run.params if not key.startswith(NOT_HYPERPARAMETERS)})
+    return [key for key in keys if len({run.params.get(key) for run in runs}) > 1]
+
+
+def run_labels(runs: list[RunRecord], varying: list[str]) -> list[str]:
+    """``resnet18 sgd lr=0.001`` plus the other hyper-parameters that differ; made unique with the run name."""
+    labels = []
+    for run in runs:
+        label = (
+            f"{run.params.get('model.name', '?')} {run.params.get('optim.name', '?')} lr={run.params.get('optim.lr')}"
+        )
+        extras = [key for key in varying if key not in ("model.name", "model.depth", "optim.name", "optim.lr")]
+        label += "".join(f" {key.split('.')[-1]}={run.params.get(key)}" for key in extras[:3])
+        labels.append(label)
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} [{run.name}]" for label, run in zip(labels, runs, strict=True)]
+    return labels
+
+
+def summary_table(runs: list[RunRecord], varying: list[str]) -> pd.DataFrame:
+    columns = list(dict.fromkeys([*KEY_PARAMS, *varying]))
+    rows = []
+    for run in runs:
+        row = {"run": run.name, "run_id": run.id, "status": run.status}
+        row |= {key: run.params.get(key, "") for key in columns}
+        row |= {key: run.metrics[key] for key in SUMMARY_METRICS if key in run.metrics}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table (numbers to 4 decimals, best_epoch as an integer)."""
+
+    def cell(column: str, value: object) -> str:
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.0f}" if column == "best_epoch" else f"{value:.4f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for row in table.itertuples(index=False):
+        lines.append(
+            "| " + " | ".join(cell(column, value) for column, value in zip(table.columns, row, strict=True)) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def confusion_matrices(store: Store, runs: list[RunRecord], labels: list[str], scratch: Path) -> dict:
+    """Each run's best-epoch validation confusion matrix (runs without one are left out, with a warning)."""
+    matrices = {}
+    for run, label in zip(runs, labels, strict=True):
+        try:
+            path = store.download(run, "figures/confusion_matrix.json", scratch / run.id, "")
+        except UserError:
+            log.warning("run %s (%s) has no confusion matrix; it is left out of the grid", run.id, run.name)
+            continue
+        matrices[label] = np.array(json.loads(path.read_text())["counts"])
+    return matrices
+
+
+def plot(cfg: DictConfig) -> dict[str, float]:
+    """Compare runs: figures and tables into the output folder and a new "report" run; returns nothing to
+    optimise (an empty dict)."""
+    store = Store(cfg.tracking.uri)
+    runs, what = select_runs(store, cfg)
+    varying = varying_params(runs)
+    labels = run_labels(runs, varying)
+    histories = {
+        label: {key: store.history(run.id, key) for key in CURVES} for label, run in zip(labels, runs, strict=True)
+    }
+    folder = output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    table = summary_table(runs, varying)
+    table.to_csv(folder / "summary.csv", index=False)
+    (folder / "summary.md").write_text(markdown(table))
+    with tempfile.TemporaryDirectory() as scratch:
+        matrices = confusion_matrices(store, runs, labels, Path(scratch))
+    figures = {
+        "comparison_accuracy.png": comparison_figure(histories, "accuracy", "accuracy", f"Accuracy per epoch: {what}"),
+        "comparison_loss.png": comparison_figure(histories, "loss", "cross-entropy", f"Loss per epoch: {what}"),
+    }
+    if matrices:
+        title = f"Validation confusion matrices (best epoch): {what}"
+        figures["confusion_matrices.png"] = confusion_grid_figure(matrices, CLASS_NAMES, title)
+    _, tags, _ = launch_context(cfg)
+    tags = {key: value for key, value in tags.items() if key not in ("model", "data")}
+    tags["compared_runs"] = " ".join(run.id for run in runs)
+    name = f"report-{what.replace(' ', '-')}"
+    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, cfg.tracking.ui_url) as report:
+        for file_name, figure in figures.items():
+            figure.savefig(folder / file_name, dpi=120)
+            report.log_figure(figure, f"report/{file_name}")
+        for file_name in ("summary.csv", "summary.md"):
+            report.log_artifact(folder / file_name, "report")
+        log.info("compared %d runs (%s):\n%s", len(runs), what, markdown(table))
+        log.info("report in %s and MLflow run %s: %s", folder, report.id, report.link)
+    return {}

@@ -1,0 +1,40 @@
+"""Prediction with and without test-time flips, on a real loader over image files."""
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from leukemia.data import make_loader, preprocessing
+from leukemia.engine import predict
+from leukemia.layouts import read_lab_csv
+
+from conftest import write_lab_layout
+
+
+class LeftHeavy(nn.Module):
+    """Orientation-sensitive on purpose: the logit of class 1 is the left half's mean minus the right half's
+    plus the top half's mean, so flips change its output."""
+
+    def forward(self, images):
+        width, height = images.shape[-1] // 2, images.shape[-2] // 2
+        left, right = images[..., :width].mean(dim=(1, 2, 3)), images[..., width:].mean(dim=(1, 2, 3))
+        top = images[..., :height, :].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(left), 4 * (left - right) + top], dim=1)
+
+
+def test_flip_tta_averages_the_softmax_of_the_four_flips(tmp_path):
+    root = write_lab_layout(tmp_path, {"test": 6})
+    manifest = read_lab_csv(root / "resnet_18_test.csv", "test", labelled=False)
+    transform = preprocessing(36, 32, [0.5] * 3, [0.5] * 3)
+    loader = make_loader(manifest, transform, batch_size=4, num_workers=0, shuffle=False, seed=0)
+    model = LeftHeavy()
+    plain = predict(model, loader, torch.device("cpu"), flips=False, progress=False)
+    flipped = predict(model, loader, torch.device("cpu"), flips=True, progress=False)
+    images = torch.stack([transform(Image.open(path).convert("RGB")) for path in manifest.paths])
+    views = [images, images.flip(-1), images.flip(-2), images.flip(-2, -1)]
+    expected = torch.stack([model(view).softmax(dim=1) for view in views]).mean(dim=0)
+    assert np.allclose(flipped.probabilities, expected.numpy(), atol=1e-6)
+    assert np.allclose(plain.probabilities, model(images).softmax(dim=1).numpy(), atol=1e-6)
+    assert not np.allclose(plain.probabilities, flipped.probabilities)
+    assert plain.targets.tolist() == [-1] * 6 and plain.probabilities.shape == (6, 2)

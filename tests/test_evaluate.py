@@ -1,0 +1,192 @@
+"""Evaluation and reports end to end: the submission a training run writes, task=eval by run id or weights
+file, task=plot over a sweep; through the real CLI and a real sqlite MLflow store."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from sklearn import metrics as reference
+
+from leukemia.data import preprocessing
+from leukemia.models import build_model
+
+from conftest import FAST, run_cli, write_lab_layout
+
+EPOCHS = 3
+
+
+def client_for(folder):
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def runs_by_kind(folder, kind):
+    client = client_for(folder)
+    experiment = client.get_experiment_by_name("leukemia")
+    return [run for run in client.search_runs([experiment.experiment_id]) if run.data.tags.get("kind") == kind]
+
+
+def csv_artifact(client, run, name, folder):
+    return pd.read_csv(client.download_artifacts(run.info.run_id, name, str(folder)))
+
+
+def output_dir_of(run):
+    return Path(run.data.tags["output_dir"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A lab set whose test CSV has no labels (as the course's Kaggle CSVs), with the labels kept aside, and
+    one training run on it."""
+    folder = tmp_path_factory.mktemp("eval")
+    root = write_lab_layout(folder / "lab", {"train": 48, "valid": 16, "test": 12})
+    test = pd.read_csv(root / "resnet_18_test.csv")
+    test.assign(label=[index % 2 for index in range(len(test))]).to_csv(root / "test_labels.csv", index=False)
+    result = run_cli(*FAST, f"data.root={root}", f"trainer.epochs={EPOCHS}", "optim=adam", cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs_by_kind(folder, "train")
+    return folder, root, run
+
+
+def test_training_ends_with_a_submission_in_the_test_csv_order(trained, tmp_path):
+    folder, root, run = trained
+    client = client_for(folder)
+    submission = csv_artifact(client, run, "submission.csv", tmp_path)
+    test_csv = pd.read_csv(root / "resnet_18_test.csv")
+    assert list(submission.columns) == ["ID", "label"]
+    assert submission.ID.tolist() == test_csv.Path.tolist()  # exactly the Path strings, same rows, same order
+    assert set(submission.label) <= {0, 1}
+    written = pd.read_csv(output_dir_of(run) / "submission.csv")
+    assert written.equals(submission)
+    assert not any(key.startswith("test_") for key in run.data.metrics)  # no labels: predictions only
+
+
+def predict_directly(weights, root, flips=False):
+    """Probabilities of class 1 for the test images, computed here from the weights file alone."""
+    model = build_model(18, 2)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    transform = preprocessing(36, 32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    paths = pd.read_csv(root / "resnet_18_test.csv").Path
+    images = torch.stack([transform(Image.open(root / path).convert("RGB")) for path in paths])
+    views = [images, images.flip(-1), images.flip(-2), images.flip(-2, -1)] if flips else [images]
+    with torch.no_grad():
+        return torch.stack([model(view).softmax(dim=1) for view in views]).mean(dim=0)[:, 1].numpy()
+
+
+@pytest.mark.parametrize("tta", ["none", "flips"])
+def test_eval_by_run_id_logs_a_child_run_whose_metrics_match_a_direct_computation(trained, tmp_path, tta):
+    folder, root, run = trained
+    result = run_cli("task=eval", f"run_id={run.info.run_id}", "data.test_labels_csv=test_labels.csv",
+                     f"eval.tta={tta}", "trainer.progress=false", cwd=folder)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = client_for(folder)
+    (child,) = [r for r in runs_by_kind(folder, "eval") if r.data.params["eval.tta"] == tta]
+    assert child.info.status == "FINISHED" and child.info.run_name == f"{run.info.run_name}-eval"
+    assert child.data.tags["mlflow.parentRunId"] == run.info.run_id
+    weights = client.download_artifacts(run.info.run_id, "weights/best.pt", str(tmp_path))
+    probability = predict_directly(weights, root, flips=tta == "flips")
+    truth = np.array([index % 2 for index in range(12)])
+    predicted = (probability > 0.5).astype(int)
+    metrics = child.data.metrics
+    assert metrics["test_accuracy"] == pytest.approx(reference.accuracy_score(truth, predicted))
+    assert metrics["test_balanced_accuracy"] == pytest.approx(reference.balanced_accuracy_score(truth, predicted))
+    assert metrics["test_f1_weighted"] == pytest.approx(reference.f1_score(truth, predicted, average="weighted"))
+    assert metrics["test_roc_auc"] == pytest.approx(reference.roc_auc_score(truth, probability), abs=1e-6)
+    assert metrics["test_accuracy_normal"] == pytest.approx(reference.recall_score(truth, predicted, pos_label=0))
+    submission = csv_artifact(client, child, "submission.csv", tmp_path)
+    assert submission.ID.tolist() == pd.read_csv(root / "resnet_18_test.csv").Path.tolist()
+    assert submission.label.tolist() == predicted.tolist()
+    details = csv_artifact(client, child, "predictions.csv", tmp_path)
+    assert np.allclose(details.probability_all, probability, atol=1e-5)
+    listed = {item.path for item in client.list_artifacts(child.info.run_id, "figures")}
+    assert "figures/test_confusion_matrix.png" in listed
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"  # the training run is left as it was
+
+
+def test_eval_of_a_weights_file_uses_the_command_line_config(trained, tmp_path):
+    folder, root, run = trained
+    weights = client_for(folder).download_artifacts(run.info.run_id, "weights/best.pt", str(tmp_path))
+    result = run_cli("task=eval", f"weights={weights}", *FAST, f"data.root={root}", cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (evaluation,) = [r for r in runs_by_kind(folder, "eval") if r.info.run_name == "eval-best"]
+    assert "mlflow.parentRunId" not in evaluation.data.tags
+    written = pd.read_csv(output_dir_of(evaluation) / "submission.csv")
+    assert written.label.tolist() == (predict_directly(weights, root) > 0.5).astype(int).tolist()
+
+
+def last_line(result):
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_bad_eval_requests_fail_in_one_line_naming_the_culprit(trained, tmp_path):
+    folder, root, run = trained
+    run_id = run.info.run_id
+    weights = client_for(folder).download_artifacts(run_id, "weights/best.pt", str(tmp_path))
+    broken = tmp_path / "broken-lab"
+    shutil.copytree(root, broken)
+    (broken / "test" / "4.bmp").unlink()
+    cases = [
+        (["run_id=0123456789abcdef"], "run_id=0123456789abcdef: no such run in sqlite:///mlflow.db"),
+        ([], "task=eval needs exactly one of run_id=<MLflow run id> or weights=<state_dict file>"),
+        ([f"weights={weights}", *FAST, f"data.root={root}", "model=resnet50"], "does not fit resnet50 with 2 classes"),
+        ([f"weights={weights}", *FAST, f"data.root={root}", "model.num_classes=3"], "the file's head has 2"),
+        ([f"weights={tmp_path / 'none.pt'}"], f"weights={tmp_path / 'none.pt'}: no such file"),
+        ([f"run_id={run_id}", f"data.root={broken}"], "resnet_18_test.csv: 1 of 12 image files do not exist"),
+        ([f"run_id={run_id}", "model=resnet50"], "model=resnet50: task=eval keeps the evaluated run's config groups"),
+    ]
+    before = len(runs_by_kind(folder, "eval"))
+    for arguments, message in cases:
+        result = run_cli("task=eval", *arguments, cwd=folder)
+        assert result.returncode == 1, (arguments, result.stderr[-2000:])
+        assert last_line(result).startswith("error: ") and message in last_line(result), arguments
+    assert len(runs_by_kind(folder, "eval")) == before  # none of these opened a run
+
+
+def test_a_run_without_weights_is_named(tmp_path):
+    root = write_lab_layout(tmp_path / "data", {"train": 8, "valid": 4})
+    (root / "valid" / "3.bmp").write_bytes(b"BM truncated")  # fails the run in its first validation
+    crashed = run_cli(*FAST, f"data.root={root}", "trainer.epochs=1", "run_name=crashed", cwd=tmp_path)
+    assert crashed.returncode == 1
+    (failed,) = runs_by_kind(tmp_path, "train")
+    result = run_cli("task=eval", f"run_id={failed.info.run_id}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"run {failed.info.run_id} (crashed, FAILED) has no weights/best.pt" in last_line(result)
+
+
+def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_report_run(tiny_lab, tmp_path):
+    sweep = run_cli("-m", *FAST, f"data.root={tiny_lab}", "trainer.epochs=2", "optim.lr=0.01,0.001", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    result = run_cli("task=plot", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report,) = runs_by_kind(tmp_path, "report")
+    trained = runs_by_kind(tmp_path, "train")
+    assert report.info.status == "FINISHED" and set(report.data.tags["compared_runs"].split()) == {
+        run.info.run_id for run in trained
+    }
+    folder = output_dir_of(report)
+    for name in ("comparison_accuracy.png", "comparison_loss.png", "confusion_matrices.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    listed = {item.path for item in client_for(tmp_path).list_artifacts(report.info.run_id, "report")}
+    assert {"report/comparison_accuracy.png", "report/summary.csv", "report/summary.md"} <= listed
+    table = pd.read_csv(folder / "summary.csv")
+    assert sorted(table.run_id) == sorted(run.info.run_id for run in trained)
+    assert sorted(table["optim.lr"]) == [0.001, 0.01]
+    by_id = {run.info.run_id: run for run in trained}
+    for row in table.itertuples():
+        assert row.best_val_accuracy == pytest.approx(by_id[row.run_id].data.metrics["best_val_accuracy"])
+    markdown = (folder / "summary.md").read_text().splitlines()
+    assert markdown[0].startswith("| run | run_id |") and len(markdown) == 4
+    chosen = run_cli("task=plot", f"plot.runs=[{trained[0].info.run_id}]", cwd=tmp_path)
+    assert chosen.returncode == 0, chosen.stderr[-3000:]
+    assert len(runs_by_kind(tmp_path, "report")) == 2
+
+
+def test_plot_without_a_sweep_says_what_to_do(tmp_path):
+    result = run_cli("task=plot", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no sweep runs in sqlite:///mlflow.db; run a sweep" in last_line(result)
