@@ -119,12 +119,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if cfg.run_id:
             store = Store(cfg.tracking.uri)
             source = store.run(cfg.run_id)
-            no_config = "task=eval reads runs made by task=train"
-            run_cfg = config_of_run(
-                OmegaConf.load(store.download(source, "config/config.yaml", Path(scratch), no_config)), cfg
-            )
             no_weights = "the run ended before a validation epoch; evaluate a file with weights=<path> instead"
             weights_file = store.download(source, "weights/best.pt", Path(scratch), no_weights)
+            no_config = "task=eval reads runs made by task=train"
+            stored = OmegaConf.load(store.download(source, "config/config.yaml", Path(scratch), no_config))
+            run_cfg = config_of_run(stored, cfg)
             label, name, parent = f"run {source.id}'s weights/best.pt", f"{source.name}-eval", source.id
         else:
             run_cfg, weights_file = cfg, Path(cfg.weights)
