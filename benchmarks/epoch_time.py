@@ -22,7 +22,7 @@ from leukemia.engine import run_epoch
 from leukemia.layouts import load_splits
 from leukemia.models import build_model
 from leukemia.optim import build_optimizer
-from leukemia.tasks.train import build_loaders
+from leukemia.tasks.train import build_feeds
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -44,8 +44,8 @@ def main() -> None:
         cfg = compose(config_name="config", overrides=args.overrides)
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg.data)
-    train_loader, val_loader = build_loaders(cfg, splits)
     device = torch.device("cpu")
+    train_feed, val_feed = build_feeds(cfg, splits, device)
     print(
         f"data={cfg.data.name} image_size={cfg.data.image_size} batch={cfg.data.batch_size} "
         f"train={len(splits.train)} valid={len(splits.valid)} threads={torch.get_num_threads()} "
@@ -55,11 +55,12 @@ def main() -> None:
     for depth in map(int, args.depths.split(",")):
         model = build_model(depth, cfg.model.num_classes).to(device)
         optimizer = build_optimizer(cfg.optim, model.parameters())
-        timed_epoch(model, train_loader, criterion, device, optimizer)  # warm-up
+        timed_epoch(model, train_feed.loader, criterion, device, optimizer, prepare=train_feed.prepare)  # warm-up
         train_s = statistics.median(
-            timed_epoch(model, train_loader, criterion, device, optimizer) for _ in range(args.repeats)
+            timed_epoch(model, train_feed.loader, criterion, device, optimizer, prepare=train_feed.prepare)
+            for _ in range(args.repeats)
         )
-        val_s = timed_epoch(model, val_loader, criterion, device)
+        val_s = timed_epoch(model, val_feed.loader, criterion, device, prepare=val_feed.prepare)
         print(
             f"resnet{depth:<4d} train epoch {train_s:7.1f} s ({len(splits.train) / train_s:6.1f} img/s)   "
             f"valid {val_s:6.1f} s ({len(splits.valid) / val_s:6.1f} img/s)"

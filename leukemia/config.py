@@ -39,6 +39,13 @@ class Balance(str, Enum):
     loss = "loss"  # weight the cross-entropy of each class by total / (classes * class size)
 
 
+class Pipeline(str, Enum):
+    """How images reach the model."""
+
+    pil = "pil"  # per image with PIL in the loader: decode, crop, resize, augment, to float (the seed's way)
+    tensor = "tensor"  # uint8 batches (decoded once when data.cache), augmented and normalised on the device
+
+
 class OnBadImage(str, Enum):
     """What reading a file that is not a decodable image does: stop the run, or warn and leave it out."""
 
@@ -147,6 +154,9 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     balance: Balance = Balance.none
     on_bad_image: OnBadImage = OnBadImage.error
+    pipeline: Pipeline = Pipeline.pil
+    # tensor pipeline: decode each split once into a uint8 array under paths.cache_dir/decoded, reused by later runs.
+    cache: bool = True
     # At most this many images per split (a fixed class-stratified pick), for smoke runs; null = all.
     limit: int | None = None
 

@@ -45,6 +45,13 @@ def preprocessing(
     return transforms.Compose(steps)
 
 
+def decoding(crop_size: int, image_size: int) -> transforms.Compose:
+    """Center crop and resize to uint8 (3, size, size) tensors: the tensor pipeline's per-image part, and what
+    the decode cache stores."""
+    return transforms.Compose([transforms.CenterCrop(crop_size), transforms.Resize(image_size, antialias=True),
+                               transforms.PILToTensor()])  # fmt: skip
+
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 

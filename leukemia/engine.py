@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,8 +32,10 @@ def run_epoch(
     optimizer: torch.optim.Optimizer | None = None,
     description: str = "",
     progress: bool = True,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochResult:
-    """Train on the loader when given an optimizer, else evaluate; returns mean loss and all predictions."""
+    """Train on the loader when given an optimizer, else evaluate; returns mean loss and all predictions.
+    ``prepare`` turns each batch, once on the device, into the model's input (the tensor pipeline)."""
     training = optimizer is not None
     model.train(training)
     total_loss, seen = 0.0, 0
@@ -44,6 +47,8 @@ def run_epoch(
             if not len(batch.labels):
                 continue
             images = batch.images.to(device, non_blocking=True)
+            if prepare is not None:
+                images = prepare(images)
             labels = batch.labels.to(device, non_blocking=True)
             logits = model(images)
             loss = criterion(logits, labels)
@@ -83,6 +88,7 @@ def predict(
     flips: bool = False,
     description: str = "",
     progress: bool = True,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Predictions:
     """Class probabilities for every image of the loader, in order; with ``flips`` the softmax is averaged
     over the four flip combinations (test-time augmentation: cells have no orientation)."""
@@ -93,6 +99,8 @@ def predict(
         if not len(batch.labels):
             continue
         images = batch.images.to(device, non_blocking=True)
+        if prepare is not None:
+            images = prepare(images)
         views = [images.flip(dims) if dims else images for dims in (FLIPS if flips else FLIPS[:1])]
         softmax = torch.stack([model(view).softmax(dim=1) for view in views]).mean(dim=0)
         probabilities.append(softmax.float().cpu())

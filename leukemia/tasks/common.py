@@ -69,6 +69,11 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
 
 
+def decode_cache_folder(cfg: DictConfig) -> Path:
+    """Where the tensor pipeline keeps decoded splits (shared by every run and sweep job on this machine)."""
+    return Path(cfg.paths.cache_dir) / "decoded"
+
+
 def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
     """Run name, tags and command-line overrides, from Hydra's runtime when launched through run.py."""
     task = Task(cfg.task)

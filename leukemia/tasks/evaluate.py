@@ -17,10 +17,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
 
 from leukemia.config import DATA_SCHEMAS, TTA
-from leukemia.data import make_loader, preprocessing
 from leukemia.engine import predict
 from leukemia.errors import UserError
 from leukemia.figures import confusion_matrix_figure
@@ -28,7 +26,8 @@ from leukemia.layouts import load_splits
 from leukemia.manifest import CLASS_NAMES, Manifest
 from leukemia.metrics import classification_metrics, confusion_matrix, roc_auc
 from leukemia.models import build_model, load_trained, read_state_dict
-from leukemia.tasks.common import check_ranges, launch_context, output_dir, resolve_device
+from leukemia.pipeline import Feed, build_feed
+from leukemia.tasks.common import check_ranges, decode_cache_folder, launch_context, output_dir, resolve_device
 from leukemia.tracking import Run, Store, tracked_run
 
 log = logging.getLogger(__name__)
@@ -40,18 +39,19 @@ EVAL_KEYS = ("task", "run_id", "weights", "eval", "tracking", "trainer.device", 
 GROUPS = ("model", "optim", "scheduler", "augmentation", "data")
 
 
-def evaluation_loader(cfg: DictConfig, manifest: Manifest) -> DataLoader:
-    """In order, preprocessing only, larger batches; never skips a file (every test row needs a prediction)."""
-    sizes = (cfg.data.crop_size, cfg.data.image_size, cfg.data.mean, cfg.data.std)
+def evaluation_feed(cfg: DictConfig, manifest: Manifest, device: torch.device) -> Feed:
+    """In order, no augmentation, larger batches; never skips a file (every test row needs a prediction)."""
     batch_size = cfg.data.batch_size * cfg.eval.batch_factor
-    return make_loader(manifest, preprocessing(*sizes), batch_size, cfg.data.num_workers, shuffle=False, seed=0)
+    return build_feed(manifest, cfg.data, cfg.augmentation, train=False, device=device, seed=cfg.seed,
+                      cache_folder=decode_cache_folder(cfg), batch_size=batch_size, skip_bad=False)  # fmt: skip
 
 
 def evaluate_test(model: nn.Module, cfg: DictConfig, test: Manifest, device: torch.device, run: Run) -> dict:
     """Predict the test split; write and log ``submission.csv`` (``ID,label``: the test CSV's own IDs, same
     rows, same order) and ``predictions.csv``; with labels, log and return the ``test_*`` metrics."""
     flips = TTA(cfg.eval.tta) == TTA.flips
-    predictions = predict(model, evaluation_loader(cfg, test), device, flips, "test", cfg.trainer.progress)
+    feed = evaluation_feed(cfg, test, device)
+    predictions = predict(model, feed.loader, device, flips, "test", cfg.trainer.progress, feed.prepare)
     folder = output_dir()
     folder.mkdir(parents=True, exist_ok=True)
     submission = pd.DataFrame({"ID": test.identifiers(), "label": predictions.labels})

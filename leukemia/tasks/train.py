@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,12 +12,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
 
 from leukemia.augmentation import build_augmentation
-from leukemia.config import Balance, Monitor, OnBadImage
-from leukemia.data import class_weights, displayable, make_loader, preprocessing, preview
-from leukemia.engine import EpochResult, run_epoch
+from leukemia.config import Balance, Monitor
+from leukemia.data import class_weights, displayable, preprocessing, preview
+from leukemia.engine import run_epoch
 from leukemia.errors import UserError
 from leukemia.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
 from leukemia.layouts import load_splits
@@ -24,28 +24,20 @@ from leukemia.manifest import CLASS_NAMES, Splits, summarize, summary_lines
 from leukemia.metrics import classification_metrics, confusion_matrix
 from leukemia.models import build_model
 from leukemia.optim import build_optimizer, build_scheduler
-from leukemia.tasks.common import check_ranges, launch_context, resolve_device, seed_everything
+from leukemia.pipeline import Feed, build_feed
+from leukemia.tasks.common import check_ranges, decode_cache_folder, launch_context, resolve_device, seed_everything
 from leukemia.tasks.evaluate import evaluate_test
 from leukemia.tracking import Run, flatten, tracked_run
 
 log = logging.getLogger(__name__)
 
 
-def build_loaders(cfg: DictConfig, splits: Splits) -> tuple[DataLoader, DataLoader]:
-    """Training loader (shuffled or class-balanced, augmented) and validation loader (in order, preprocessing
-    only)."""
-    sizes = (cfg.data.crop_size, cfg.data.image_size, cfg.data.mean, cfg.data.std)
-    loader_args = {
-        "batch_size": cfg.data.batch_size,
-        "num_workers": cfg.data.num_workers,
-        "seed": cfg.seed,
-        "skip_bad": cfg.data.on_bad_image == OnBadImage.skip,
-    }
-    train_transform = preprocessing(*sizes, augmentation=build_augmentation(cfg.augmentation))
-    balanced = cfg.data.balance == Balance.sampler
-    train_loader = make_loader(splits.train, train_transform, shuffle=True, balanced=balanced, **loader_args)
-    val_loader = make_loader(splits.valid, preprocessing(*sizes), shuffle=False, **loader_args)
-    return train_loader, val_loader
+def build_feeds(cfg: DictConfig, splits: Splits, device: torch.device) -> tuple[Feed, Feed]:
+    """Training feed (shuffled or class-balanced, augmented) and validation feed (in order, no augmentation),
+    through the configured pipeline (``data.pipeline``, ``data.cache``)."""
+    common = {"data_cfg": cfg.data, "aug_cfg": cfg.augmentation, "device": device, "seed": cfg.seed,
+              "cache_folder": decode_cache_folder(cfg)}  # fmt: skip
+    return build_feed(splits.train, train=True, **common), build_feed(splits.valid, train=False, **common)
 
 
 def training_criterion(cfg: DictConfig, splits: Splits) -> tuple[nn.Module, dict[str, float]]:
@@ -67,9 +59,12 @@ def log_dataset(run: Run, splits: Splits) -> None:
     run.log_dict({"counts": table, "subjects": subjects}, "data/summary.json")
 
 
-def log_training_preview(run: Run, cfg: DictConfig, loader: DataLoader, run_name: str) -> None:
-    """A grid of augmented training images, exactly as the network receives them (denormalised to view)."""
-    batch = preview(loader.dataset.manifest, loader.dataset.transform, count=16)
+def log_training_preview(run: Run, cfg: DictConfig, splits: Splits, run_name: str) -> None:
+    """A grid of augmented training images (denormalised to view), drawn through the PIL reference pipeline,
+    whose distribution the tensor pipeline shares."""
+    augmentation = build_augmentation(cfg.augmentation)
+    transform = preprocessing(cfg.data.crop_size, cfg.data.image_size, cfg.data.mean, cfg.data.std, augmentation)
+    batch = preview(splits.train, transform, count=16)
     if not len(batch.labels):
         return
     images = displayable(batch.images, cfg.data.mean, cfg.data.std)
@@ -83,8 +78,8 @@ class SkippedFiles:
     def __init__(self) -> None:
         self.seen: dict[str, None] = {}
 
-    def add(self, *results: EpochResult) -> int:
-        for description in (d for result in results for d in result.skipped):
+    def add(self, descriptions: Iterable[str]) -> int:
+        for description in descriptions:
             if description not in self.seen:
                 self.seen[description] = None
                 log.warning("skipped an unreadable image: %s", description)
@@ -146,7 +141,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)
     model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights).to(device)
-    train_loader, val_loader = build_loaders(cfg, splits)
+    train_feed, val_feed = build_feeds(cfg, splits, device)
     criterion, balance_params = training_criterion(cfg, splits)
     eval_criterion = nn.CrossEntropyLoss()  # unweighted, so val_loss compares across data.balance settings
     optimizer = build_optimizer(cfg.optim, model.parameters())
@@ -162,25 +157,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
         log.info("MLflow run %s: %s", run.id, run.link)
         log_dataset(run, splits)
-        log_training_preview(run, cfg, train_loader, run_name)
+        log_training_preview(run, cfg, splits, run_name)
 
         best = BestEpoch(Monitor(cfg.trainer.monitor))
         history: dict[str, list[float]] = {}
         skipped = SkippedFiles()
+        skipped.add(train_feed.skipped + val_feed.skipped)
         bar = {"progress": cfg.trainer.progress}
         for epoch in range(1, cfg.trainer.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
-            trained = run_epoch(model, train_loader, criterion, device, optimizer, f"epoch {epoch} train", **bar)
+            trained = run_epoch(model, train_feed.loader, criterion, device, optimizer, f"epoch {epoch} train",
+                                prepare=train_feed.prepare, **bar)  # fmt: skip
             if not math.isfinite(trained.loss):
                 raise UserError(f"training loss became {trained.loss} in epoch {epoch}; lower optim.lr (now {lr:g})")
-            validated = run_epoch(model, val_loader, eval_criterion, device, None, f"epoch {epoch} valid", **bar)
+            validated = run_epoch(model, val_feed.loader, eval_criterion, device, None, f"epoch {epoch} valid",
+                                  prepare=val_feed.prepare, **bar)  # fmt: skip
             if scheduler is not None:
                 scheduler.step()
             matrix = confusion_matrix(validated.targets, validated.predictions, cfg.model.num_classes)
             val_metrics = {f"val_{k}": v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
             val_metrics["val_loss"] = validated.loss
             metrics = {"train_loss": trained.loss, "train_accuracy": trained.accuracy, "lr": lr} | val_metrics
-            metrics["skipped_images"] = skipped.add(trained, validated)
+            metrics["skipped_images"] = skipped.add(trained.skipped + validated.skipped)
             run.log_metrics(metrics, step=epoch)
             for key, value in metrics.items():
                 history.setdefault(key, []).append(value)

@@ -1,0 +1,131 @@
+"""Decode once: a split's images, center-cropped and resized, as one uint8 array on disk (memory-mapped).
+
+The PIL path decodes, crops and resizes every image in every epoch; after the first use, the cache reads
+ready-made uint8 pixels instead. The key covers the manifest (every path with its size and modification time) and
+the preprocessing parameters, so a changed file or setting makes a new cache and an unchanged one is reused by
+later runs and sweep jobs. A cache is written under a lock into a temporary file and renamed into place, so a
+parallel job either waits for it or finds it complete, never half-written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+
+from leukemia.data import Batch, CellImages, SkippedImage, decoding
+from leukemia.errors import UserError
+from leukemia.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DecodedSplit:
+    """A split's pixels (N, 3, size, size) uint8, and which rows decoded (False: unreadable, skipped)."""
+
+    pixels: np.ndarray
+    readable: np.ndarray
+    path: Path
+    skipped: list[str]  # "path (reason)" of the unreadable files, as the PIL path reports them
+
+
+def cache_key(manifest: Manifest, crop_size: int, image_size: int) -> str:
+    digest = hashlib.sha256(f"v{FORMAT_VERSION} crop={crop_size} size={image_size}".encode())
+    for path in manifest.paths:
+        status = path.stat()
+        digest.update(f"\n{path}\t{status.st_size}\t{status.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _decode_into(target: np.ndarray, manifest: Manifest, crop_size: int, workers: int, skip_bad: bool) -> list[str]:
+    """Fill ``target`` with the split's pixels, decoding in ``workers`` processes; returns what was skipped."""
+    steps = decoding(crop_size, target.shape[-1])
+    loader = DataLoader(CellImages(manifest, steps, skip_bad), batch_size=None, num_workers=workers)
+    skipped = {}
+    for index, item in enumerate(loader):
+        if isinstance(item, SkippedImage):
+            skipped[index] = item.description
+        else:
+            target[index] = item[0].numpy()
+    return skipped
+
+
+def decoded_split(
+    manifest: Manifest, crop_size: int, image_size: int, folder: Path, workers: int = 0, skip_bad: bool = False
+) -> DecodedSplit:
+    """The split's decoded pixels from ``folder``, decoding them first if no cache for this key exists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = cache_key(manifest, crop_size, image_size)
+    pixels_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    with open(folder / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel job building the same cache finishes first
+        if not pixels_path.is_file():
+            started = time.perf_counter()
+            partial = folder / f"{key}.npy.{os.getpid()}.partial"
+            target = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
+                                               shape=(len(manifest), 3, image_size, image_size))  # fmt: skip
+            skipped = _decode_into(target, manifest, crop_size, workers, skip_bad)
+            target.flush()
+            del target
+            meta = {"split": manifest.name, "source": manifest.source, "images": len(manifest),
+                    "crop_size": crop_size, "image_size": image_size, "skipped": skipped}  # fmt: skip
+            meta_path.write_text(json.dumps(meta))
+            os.replace(partial, pixels_path)  # the cache appears complete or not at all
+            size_mb = pixels_path.stat().st_size / 1e6
+            log.info("decoded the %s split once: %d images in %.1f s -> %s (%.0f MB)",
+                     manifest.name, len(manifest), time.perf_counter() - started, pixels_path, size_mb)  # fmt: skip
+    skipped = {int(row): description for row, description in json.loads(meta_path.read_text())["skipped"].items()}
+    if skipped and not skip_bad:
+        raise UserError(
+            f"{next(iter(skipped.values()))}: cannot be read as an image (found when this split was decoded); "
+            f"replace or remove it, or set data.on_bad_image=skip to leave such files out"
+        )
+    readable = np.ones(len(manifest), dtype=bool)
+    readable[list(skipped)] = False
+    return DecodedSplit(np.load(pixels_path, mmap_mode="r"), readable, pixels_path, list(skipped.values()))
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Whole batches of cached uint8 pixels, indexed by a list of positions among the readable rows (one
+    memory-mapped read per batch, not one file per image)."""
+
+    def __init__(self, decoded: DecodedSplit, manifest: Manifest):
+        self.pixels = decoded.pixels
+        self.rows = np.flatnonzero(decoded.readable)
+        labels = np.asarray(manifest.labels if manifest.labels is not None else [-1] * len(manifest))
+        self.labels = torch.from_numpy(labels[self.rows])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, positions: list[int]) -> Batch:
+        positions = sorted(positions)  # ascending rows read the file front to back
+        images = torch.from_numpy(np.ascontiguousarray(self.pixels[self.rows[positions]]))
+        return Batch(images, self.labels[positions], [])
+
+
+def decoded_loader(
+    decoded: DecodedSplit, manifest: Manifest, batch_size: int, shuffle: bool, seed: int, balanced: bool = False
+) -> DataLoader:
+    """Batches of (uint8 images, labels) from the cache: shuffled, class-balanced or in order."""
+    dataset = DecodedImages(decoded, manifest)
+    generator = torch.Generator().manual_seed(seed)
+    if balanced:
+        counts = torch.bincount(dataset.labels, minlength=2).clamp(min=1).double()
+        order = WeightedRandomSampler(1.0 / counts[dataset.labels], len(dataset), generator=generator)
+    else:
+        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False),
+                      pin_memory=torch.cuda.is_available())  # fmt: skip

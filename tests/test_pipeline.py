@@ -1,0 +1,151 @@
+"""The tensor pipeline: the decode cache (built once, shared, invalidated, atomic) and batched augmentation,
+checked against the PIL reference pipeline."""
+
+import logging
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from leukemia.augmentation import BatchAugmentation
+from leukemia.cache import decoded_loader, decoded_split
+from leukemia.data import decoding
+from leukemia.errors import UserError
+from leukemia.layouts import read_lab_csv
+
+from conftest import compose_config, write_lab_layout
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    root = write_lab_layout(tmp_path / "lab", {"train": 10}, size=48)
+    return read_lab_csv(root / "train.csv", "train", labelled=True)
+
+
+def test_cache_holds_exactly_what_pil_decodes_and_is_built_once(manifest, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        first = decoded_split(manifest, 40, 32, tmp_path / "cache")
+    assert first.pixels.shape == (10, 3, 32, 32) and first.pixels.dtype == np.uint8
+    for row, path in enumerate(manifest.paths):
+        expected = decoding(40, 32)(Image.open(path).convert("RGB")).numpy()
+        assert np.array_equal(first.pixels[row], expected)
+    assert caplog.text.count("decoded the train split once") == 1
+    built = first.path.stat().st_mtime_ns
+    caplog.clear()
+    again = decoded_split(manifest, 40, 32, tmp_path / "cache")
+    assert again.path == first.path and again.path.stat().st_mtime_ns == built and "decoded" not in caplog.text
+    assert decoded_split(manifest, 40, 24, tmp_path / "cache").path != first.path  # other parameters, other cache
+    assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+def test_a_changed_image_file_makes_a_new_cache(manifest, tmp_path):
+    first = decoded_split(manifest, 40, 32, tmp_path / "cache")
+    Image.fromarray(np.full((48, 48, 3), 255, np.uint8)).save(manifest.paths[3])
+    second = decoded_split(manifest, 40, 32, tmp_path / "cache")
+    assert second.path != first.path
+    assert second.pixels[3].min() == 255 and np.array_equal(second.pixels[2], first.pixels[2])
+
+
+def test_parallel_builders_wait_for_one_complete_cache(manifest, tmp_path):
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(decoded_split(manifest, 40, 32, tmp_path / "cache"))
+        except Exception as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len({result.path for result in results}) == 1
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert all(np.array_equal(result.pixels, results[0].pixels) for result in results)
+
+
+def test_unreadable_files_fail_the_build_or_are_left_out(manifest, tmp_path):
+    data = manifest.paths[4].read_bytes()
+    manifest.paths[4].write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"train/4.bmp: cannot be read as an image .*data.on_bad_image=skip"):
+        decoded_split(manifest, 40, 32, tmp_path / "cache")
+    decoded = decoded_split(manifest, 40, 32, tmp_path / "cache", skip_bad=True)
+    assert decoded.readable.tolist() == [True] * 4 + [False] + [True] * 5
+    assert len(decoded.skipped) == 1 and "train/4.bmp (image file is truncated" in decoded.skipped[0]
+    batches = list(decoded_loader(decoded, manifest, batch_size=4, shuffle=False, seed=0))
+    assert sum(len(batch.labels) for batch in batches) == 9
+    with pytest.raises(UserError, match=r"train/4.bmp .*found when this split was decoded"):
+        decoded_split(manifest, 40, 32, tmp_path / "cache")  # the cache remembers it
+
+
+def test_decoded_loader_shuffles_per_seed_and_keeps_labels_with_their_images(manifest, tmp_path):
+    decoded = decoded_split(manifest, 40, 32, tmp_path / "cache")
+    in_order = next(iter(decoded_loader(decoded, manifest, batch_size=10, shuffle=False, seed=0)))
+    assert torch.equal(in_order.images, torch.from_numpy(np.array(decoded.pixels)))
+    assert in_order.labels.tolist() == manifest.labels
+    first = [b.labels.tolist() for b in decoded_loader(decoded, manifest, batch_size=3, shuffle=True, seed=1)]
+    second = [b.labels.tolist() for b in decoded_loader(decoded, manifest, batch_size=3, shuffle=True, seed=1)]
+    assert first == second and sum(map(len, first)) == 10
+    for batch in decoded_loader(decoded, manifest, batch_size=3, shuffle=True, seed=2):
+        for image, label in zip(batch.images, batch.labels, strict=True):
+            row = next(r for r in range(10) if torch.equal(image, torch.from_numpy(np.array(decoded.pixels[r]))))
+            assert manifest.labels[row] == label
+
+
+def augmenter(**overrides):
+    cfg = compose_config(*(f"augmentation.{key}={value}" for key, value in overrides.items())).augmentation
+    return BatchAugmentation(cfg, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], torch.device("cpu"), seed=0)
+
+
+def reference_tensor(image, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)):
+    return TF.normalize(TF.to_tensor(image), list(mean), list(std))
+
+
+def test_without_augmentation_the_tensor_path_equals_the_pil_path(manifest):
+    images = [decoding(40, 32)(Image.open(path).convert("RGB")) for path in manifest.paths]
+    batch = augmenter()(torch.stack(images), train=False)
+    expected = torch.stack([reference_tensor(TF.to_pil_image(image)) for image in images])
+    assert torch.allclose(batch, expected, atol=1e-6)
+
+
+def test_flips_are_exact_and_drawn_per_image_at_their_probability(manifest):
+    image = decoding(40, 32)(Image.open(manifest.paths[1]).convert("RGB"))
+    batch = image.expand(400, -1, -1, -1)
+    out = augmenter(rotation_degrees=0, hflip_p=0.5, vflip_p=0)(batch, train=True)
+    plain, mirrored = reference_tensor(TF.to_pil_image(image)), reference_tensor(TF.hflip(TF.to_pil_image(image)))
+    is_plain = [torch.allclose(o, plain, atol=1e-6) for o in out]
+    is_mirrored = [torch.allclose(o, mirrored, atol=1e-6) for o in out]
+    assert all(p or m for p, m in zip(is_plain, is_mirrored, strict=True))
+    assert 0.42 < np.mean(is_mirrored) < 0.58
+    both = augmenter(rotation_degrees=0, hflip_p=1, vflip_p=1)(image[None], train=True)[0]
+    assert torch.allclose(both, reference_tensor(TF.vflip(TF.hflip(TF.to_pil_image(image)))), atol=1e-6)
+
+
+def test_rotation_matches_torchvision_within_interpolation_tolerance(manifest):
+    augment = augmenter(rotation_degrees=20, hflip_p=0, vflip_p=0)
+    angles = ((torch.rand(8, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 20).tolist()
+    image = decoding(40, 32)(Image.open(manifest.paths[1]).convert("RGB"))
+    out = augment(image.expand(8, -1, -1, -1), train=True)
+    for rotated, angle in zip(out, angles, strict=True):
+        expected = reference_tensor(TF.rotate(TF.to_pil_image(image), angle))  # nearest, black fill
+        same = torch.isclose(rotated, expected, atol=1e-5).all(dim=0).float().mean()
+        assert same > 0.99, (angle, same)  # on this CPU: every pixel equal
+    assert max(abs(angle) for angle in angles) > 10  # the draws span the range, not just near-zero angles
+
+
+def test_a_tiny_run_trains_through_the_tensor_pipeline_and_reuses_its_cache(tiny_lab, tmp_path):
+    from conftest import FAST, run_cli
+
+    args = (*FAST, f"data.root={tiny_lab}", "trainer.epochs=2", "data.pipeline=tensor", f"paths.cache_dir={tmp_path}")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (first.stdout + first.stderr).count("split once") == 3  # train, valid, test
+    second = run_cli(*args, cwd=tmp_path)
+    assert second.returncode == 0 and "split once" not in second.stdout + second.stderr
+    assert len(list((tmp_path / "decoded").glob("*.npy"))) == 3
+    assert "best epoch" in second.stdout + second.stderr and os.path.isdir(tmp_path / "mlruns")
