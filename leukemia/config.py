@@ -200,6 +200,10 @@ class TrainerConfig:
     monitor: Monitor = Monitor.val_f1_weighted
     # Show a tqdm bar per epoch (the one-line epoch summary is always printed).
     progress: bool = True
+    # On CUDA: bf16 autocast, channels-last memory layout, and optionally torch.compile (ignored on the CPU).
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
 
 
 @dataclass

@@ -33,9 +33,12 @@ def run_epoch(
     description: str = "",
     progress: bool = True,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> EpochResult:
     """Train on the loader when given an optimizer, else evaluate; returns mean loss and all predictions.
-    ``prepare`` turns each batch, once on the device, into the model's input (the tensor pipeline)."""
+    ``prepare`` turns each batch, once on the device, into the model's input (the tensor pipeline); ``amp``
+    runs the forward pass under bf16 autocast and ``channels_last`` feeds NHWC batches (CUDA)."""
     training = optimizer is not None
     model.train(training)
     total_loss, seen = 0.0, 0
@@ -49,9 +52,12 @@ def run_epoch(
             images = batch.images.to(device, non_blocking=True)
             if prepare is not None:
                 images = prepare(images)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = batch.labels.to(device, non_blocking=True)
-            logits = model(images)
-            loss = criterion(logits, labels)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(images)
+                loss = criterion(logits.float(), labels)
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -89,6 +95,8 @@ def predict(
     description: str = "",
     progress: bool = True,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> Predictions:
     """Class probabilities for every image of the loader, in order; with ``flips`` the softmax is averaged
     over the four flip combinations (test-time augmentation: cells have no orientation)."""
@@ -101,8 +109,11 @@ def predict(
         images = batch.images.to(device, non_blocking=True)
         if prepare is not None:
             images = prepare(images)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         views = [images.flip(dims) if dims else images for dims in (FLIPS if flips else FLIPS[:1])]
-        softmax = torch.stack([model(view).softmax(dim=1) for view in views]).mean(dim=0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            softmax = torch.stack([model(view).float().softmax(dim=1) for view in views]).mean(dim=0)
         probabilities.append(softmax.float().cpu())
         targets.append(batch.labels)
     if not probabilities:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,31 @@ RUN_KINDS = {Task.train: "train", Task.eval: "eval", Task.plot: "report"}  # the
 def output_dir() -> Path:
     """Where this job writes files: Hydra's output folder for the job, else the working directory."""
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """How the model runs on its device: bf16 autocast and channels-last on CUDA, cuDNN autotuning there."""
+
+    amp: bool
+    channels_last: bool
+
+    @classmethod
+    def for_device(cls, trainer_cfg: DictConfig, device: torch.device) -> Acceleration:
+        on_cuda = device.type == "cuda"
+        torch.backends.cudnn.benchmark = on_cuda
+        return cls(amp=on_cuda and trainer_cfg.amp, channels_last=on_cuda and trainer_cfg.channels_last)
+
+    @property
+    def step(self) -> dict[str, bool]:
+        """The engine's keyword arguments for this setting."""
+        return {"amp": self.amp, "channels_last": self.channels_last}
+
+    def model(self, model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
+        """``model`` moved (in place) to the device and layout; compiled if asked (keep ``model`` itself for
+        its state_dict: a compiled module prefixes every key)."""
+        model = model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        return torch.compile(model) if compile_model else model
 
 
 def decode_cache_folder(cfg: DictConfig) -> Path:

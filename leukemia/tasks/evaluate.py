@@ -27,7 +27,14 @@ from leukemia.manifest import CLASS_NAMES, Manifest
 from leukemia.metrics import classification_metrics, confusion_matrix, roc_auc
 from leukemia.models import build_model, load_trained, read_state_dict
 from leukemia.pipeline import Feed, build_feed
-from leukemia.tasks.common import check_ranges, decode_cache_folder, launch_context, output_dir, resolve_device
+from leukemia.tasks.common import (
+    Acceleration,
+    check_ranges,
+    decode_cache_folder,
+    launch_context,
+    output_dir,
+    resolve_device,
+)
 from leukemia.tracking import Run, Store, tracked_run
 
 log = logging.getLogger(__name__)
@@ -46,12 +53,15 @@ def evaluation_feed(cfg: DictConfig, manifest: Manifest, device: torch.device) -
                       cache_folder=decode_cache_folder(cfg), batch_size=batch_size, skip_bad=False)  # fmt: skip
 
 
-def evaluate_test(model: nn.Module, cfg: DictConfig, test: Manifest, device: torch.device, run: Run) -> dict:
+def evaluate_test(
+    model: nn.Module, cfg: DictConfig, test: Manifest, device: torch.device, run: Run, acceleration: Acceleration
+) -> dict:
     """Predict the test split; write and log ``submission.csv`` (``ID,label``: the test CSV's own IDs, same
     rows, same order) and ``predictions.csv``; with labels, log and return the ``test_*`` metrics."""
     flips = TTA(cfg.eval.tta) == TTA.flips
     feed = evaluation_feed(cfg, test, device)
-    predictions = predict(model, feed.loader, device, flips, "test", cfg.trainer.progress, feed.prepare)
+    predictions = predict(model, feed.loader, device, flips, "test", cfg.trainer.progress, feed.prepare,
+                          **acceleration.step)  # fmt: skip
     folder = output_dir()
     folder.mkdir(parents=True, exist_ok=True)
     submission = pd.DataFrame({"ID": test.identifiers(), "label": predictions.labels})
@@ -144,6 +154,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, cfg.tracking.ui_url, parent) as run:
         run.log_params({"eval.tta": TTA(cfg.eval.tta).value, "data.root": run_cfg.data.root, "test.source": test.source,
                         "test.images": len(test), "weights": label})  # fmt: skip
-        metrics = evaluate_test(model.to(device), run_cfg, test, device, run)
+        acceleration = Acceleration.for_device(cfg.trainer, device)
+        runnable = acceleration.model(model, device, compile_model=False)
+        metrics = evaluate_test(runnable, run_cfg, test, device, run, acceleration)
         log.info("evaluation run %s: %s", run.id, run.link)
     return metrics

@@ -25,7 +25,14 @@ from leukemia.metrics import classification_metrics, confusion_matrix
 from leukemia.models import build_model
 from leukemia.optim import build_optimizer, build_scheduler
 from leukemia.pipeline import Feed, build_feed
-from leukemia.tasks.common import check_ranges, decode_cache_folder, launch_context, resolve_device, seed_everything
+from leukemia.tasks.common import (
+    Acceleration,
+    check_ranges,
+    decode_cache_folder,
+    launch_context,
+    resolve_device,
+    seed_everything,
+)
 from leukemia.tasks.evaluate import evaluate_test
 from leukemia.tracking import Run, flatten, tracked_run
 
@@ -140,7 +147,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)
-    model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights).to(device)
+    model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights)
+    acceleration = Acceleration.for_device(cfg.trainer, device)
+    runnable = acceleration.model(model, device, cfg.trainer.compile)
     train_feed, val_feed = build_feeds(cfg, splits, device)
     criterion, balance_params = training_criterion(cfg, splits)
     eval_criterion = nn.CrossEntropyLoss()  # unweighted, so val_loss compares across data.balance settings
@@ -166,12 +175,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         bar = {"progress": cfg.trainer.progress}
         for epoch in range(1, cfg.trainer.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
-            trained = run_epoch(model, train_feed.loader, criterion, device, optimizer, f"epoch {epoch} train",
-                                prepare=train_feed.prepare, **bar)  # fmt: skip
+            trained = run_epoch(runnable, train_feed.loader, criterion, device, optimizer, f"epoch {epoch} train",
+                                prepare=train_feed.prepare, **bar, **acceleration.step)  # fmt: skip
             if not math.isfinite(trained.loss):
                 raise UserError(f"training loss became {trained.loss} in epoch {epoch}; lower optim.lr (now {lr:g})")
-            validated = run_epoch(model, val_feed.loader, eval_criterion, device, None, f"epoch {epoch} valid",
-                                  prepare=val_feed.prepare, **bar)  # fmt: skip
+            validated = run_epoch(runnable, val_feed.loader, eval_criterion, device, None, f"epoch {epoch} valid",
+                                  prepare=val_feed.prepare, **bar, **acceleration.step)  # fmt: skip
             if scheduler is not None:
                 scheduler.step()
             matrix = confusion_matrix(validated.targets, validated.predictions, cfg.model.num_classes)
@@ -190,7 +199,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _log_outcome(run, run_name, best, history)
         if splits.test is not None:
             model.load_state_dict(best.state)
-            evaluate_test(model, cfg, splits.test, device, run)
+            evaluate_test(runnable, cfg, splits.test, device, run, acceleration)
         if skipped.seen:
             run.log_text("\n".join(skipped.seen) + "\n", "data/skipped_images.txt")
         log.info("best epoch %d: %s %.4f; open %s (start `mlflow ui` in %s first)",
