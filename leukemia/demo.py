@@ -27,7 +27,7 @@ TEST_CSV_NAMES = ("resnet_18_test.csv", "resnet_50_test.csv", "resnet_152_test.c
 # Hidden labels of the test split, for scoring a submission; not read by training.
 TEST_LABELS_CSV = "test_labels.csv"
 SPEC_FILE = "demo_spec.json"
-_BASE_STAIN = np.array([72.0, 32.0, 84.0])  # mean RGB of the real cells' cytoplasm/nucleus
+BASE_STAIN = np.array([72.0, 32.0, 84.0])  # mean RGB of the real cells' cytoplasm/nucleus
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def render_cell(rng: np.random.Generator, size: int, is_blast: bool, stain: np.n
 
 def _subject_stain(rng: np.random.Generator) -> np.ndarray:
     """A subject's staining: overall intensity and hue shift a little from one patient to the next."""
-    return _BASE_STAIN * rng.normal(1.0, 0.05) * rng.normal(1.0, 0.03, 3)
+    return BASE_STAIN * rng.normal(1.0, 0.05) * rng.normal(1.0, 0.03, 3)
 
 
 def _subject_splits(subjects: list[str]) -> dict[str, str]:

@@ -35,10 +35,12 @@ def run_epoch(
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
     amp: bool = False,
     channels_last: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> EpochResult:
     """Train on the loader when given an optimizer, else evaluate; returns mean loss and all predictions.
     ``prepare`` turns each batch, once on the device, into the model's input (the tensor pipeline); ``amp``
-    runs the forward pass under bf16 autocast and ``channels_last`` feeds NHWC batches (CUDA)."""
+    runs the forward pass under bf16 autocast and ``channels_last`` feeds NHWC batches (CUDA); ``stop`` is
+    called after every batch and raises to end the pass."""
     training = optimizer is not None
     model.train(training)
     total_loss, seen = 0.0, 0
@@ -62,6 +64,8 @@ def run_epoch(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            if stop is not None:
+                stop()  # raises KeyboardInterrupt when a stop was asked for
             total_loss += loss.item() * len(labels)
             seen += len(labels)
             targets.append(labels.cpu())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,32 @@ class Acceleration:
         its state_dict: a compiled module prefixes every key)."""
         model = model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         return torch.compile(model) if compile_model else model
+
+
+class StopRequest:
+    """Ctrl-C while a task runs. The handler raises KeyboardInterrupt at once, as Python's default does, and
+    also remembers the request, so that ``check`` (called after every batch) raises it again should a library
+    have swallowed the first one: a single Ctrl-C always stops the run."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> bool:
+        if self.requested:
+            raise KeyboardInterrupt
+        return False
+
+    def __enter__(self) -> StopRequest:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        signal.signal(signal.SIGINT, self._previous)
 
 
 def decode_cache_folder(cfg: DictConfig) -> Path:

@@ -27,6 +27,7 @@ from leukemia.optim import build_optimizer, build_scheduler
 from leukemia.pipeline import Feed, build_feed
 from leukemia.tasks.common import (
     Acceleration,
+    StopRequest,
     check_ranges,
     decode_cache_folder,
     launch_context,
@@ -159,7 +160,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("%s on %s: %d train / %d valid images, device %s",
              run_name, cfg.data.name, len(splits.train), len(splits.valid), device)  # fmt: skip
 
-    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.ui_url) as run:
+    with (
+        StopRequest() as stop_request,
+        tracked_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.ui_url) as run,
+    ):
         container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         run.log_params(flatten(container) | balance_params)
         run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")
@@ -172,7 +176,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         history: dict[str, list[float]] = {}
         skipped = SkippedFiles()
         skipped.add(train_feed.skipped + val_feed.skipped)
-        bar = {"progress": cfg.trainer.progress}
+        bar = {"progress": cfg.trainer.progress, "stop": stop_request.check}
         for epoch in range(1, cfg.trainer.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             trained = run_epoch(runnable, train_feed.loader, criterion, device, optimizer, f"epoch {epoch} train",

@@ -1,0 +1,179 @@
+"""Benchmark: ``python -m leukemia.bench [--device cuda] [--depth 50] [--image-size 350] [--images 512]``.
+
+On the same generated 450x450 BMP cells, in one process, it measures (a) the input pipeline: the seed's PIL
+per-image pipeline (RandomOrder(rotate 20, flips), CenterCrop 350, Resize, ToTensor) against this project's
+tensor pipeline (decode cache + batched augmentation on the device), both delivering augmented batches of the
+same size with the same worker count; (b) training steps of this project's ResNet against torchvision's of the
+same depth, on the same batch with the same settings; (c) one training epoch end to end. It prints a table, and
+last a JSON line with ``loader_speedup``, ``model_step_ratio``, ``device`` and the raw images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from leukemia.config import AugmentationConfig, DataConfig, Pipeline
+from leukemia.data import CellImages, make_loader
+from leukemia.demo import BASE_STAIN, render_cell
+from leukemia.engine import run_epoch
+from leukemia.manifest import Manifest
+from leukemia.models import build_model
+from leukemia.pipeline import build_feed
+from leukemia.tasks.common import Acceleration
+
+SOURCE_SIZE = 450  # C-NMC cells
+CROP = 350
+
+
+def write_cells(folder: Path, count: int) -> Manifest:
+    """``count`` C-NMC-like 450x450 BMPs (alternating classes) under ``folder``."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        path = folder / f"cell_{index}.bmp"
+        Image.fromarray(render_cell(rng, SOURCE_SIZE, bool(index % 2), BASE_STAIN)).save(path)
+        paths.append(path)
+    return Manifest("train", paths, [index % 2 for index in range(count)])
+
+
+def seed_style_loader(manifest: Manifest, image_size: int, batch_size: int, workers: int) -> DataLoader:
+    """The course seed's per-image pipeline."""
+    augmentation = transforms.RandomOrder([transforms.RandomRotation(20), transforms.RandomHorizontalFlip(),
+                                           transforms.RandomVerticalFlip()])  # fmt: skip
+    steps = transforms.Compose([augmentation, transforms.CenterCrop(CROP), transforms.Resize(image_size),
+                                transforms.ToTensor()])  # fmt: skip
+    return make_loader(manifest, steps, batch_size, workers, shuffle=True, seed=0)
+
+
+def images_per_second(loader: DataLoader, device: torch.device, prepare=None) -> float:
+    """Images per second over one full pass (after a first batch that starts the workers)."""
+    iterator = iter(loader)
+    next(iterator)
+    count, start = 0, time.perf_counter()
+    for batch in iterator:
+        images = batch.images.to(device, non_blocking=True)
+        if prepare is not None:
+            images = prepare(images)
+        count += len(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - start)
+
+
+def train_steps_per_second(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
+                           acceleration: Acceleration) -> float:  # fmt: skip
+    """Images per second of plain training steps on one batch, after one warm-up step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    if acceleration.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=acceleration.amp):
+            loss = criterion(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * len(images) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--depth", type=int, default=18, choices=[18, 50, 152])
+    parser.add_argument("--image-size", type=int, default=350)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per model in (b)")
+    parser.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of bf16 autocast")
+    args = parser.parse_args(argv)
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    trainer = OmegaConf.create({"amp": not args.no_amp, "channels_last": True})
+    acceleration = Acceleration.for_device(trainer, device)
+    data_cfg = OmegaConf.structured(DataConfig(name="bench", root="", crop_size=CROP, image_size=args.image_size,
+                                               batch_size=args.batch_size, num_workers=args.workers,
+                                               pipeline=Pipeline.tensor))  # fmt: skip
+    aug_cfg = OmegaConf.structured(AugmentationConfig(name="lab", rotation_degrees=20, hflip_p=0.5, vflip_p=0.5,
+                                                      random_order=True))  # fmt: skip
+    rows: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        manifest = write_cells(folder, args.images)
+        seed_rate = images_per_second(seed_style_loader(manifest, args.image_size, args.batch_size, args.workers),
+                                      device)  # fmt: skip
+        started = time.perf_counter()
+        feed = build_feed(manifest, data_cfg, aug_cfg, True, device, 0, folder / "cache")
+        cache_seconds = time.perf_counter() - started
+        project_rate = images_per_second(feed.loader, device, feed.prepare)
+        rows += [("(a) loader, seed-style PIL per image", seed_rate), ("(a) loader, tensor pipeline", project_rate)]
+
+        batch = next(iter(DataLoader(CellImages(manifest, transforms.Compose([
+            transforms.CenterCrop(CROP), transforms.Resize(args.image_size), transforms.ToTensor()])),
+            batch_size=args.batch_size)))  # fmt: skip
+        images, labels = batch[0].to(device), batch[1].to(device)
+        rates = {}
+        reference = getattr(torchvision.models, f"resnet{args.depth}")(num_classes=2)
+        for name, model in (("project", build_model(args.depth)), ("torchvision", reference)):
+            torch.manual_seed(0)
+            rates[name] = train_steps_per_second(acceleration.model(model, device, False), images, labels,
+                                                 args.steps, acceleration)  # fmt: skip
+            rows.append((f"(b) train step, {name} resnet{args.depth}", rates[name]))
+
+        model = acceleration.model(build_model(args.depth), device, False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        started = time.perf_counter()
+        run_epoch(model, feed.loader, nn.CrossEntropyLoss(), device, optimizer, progress=False,
+                  prepare=feed.prepare, **acceleration.step)  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_rate = args.images / (time.perf_counter() - started)
+        rows.append((f"(c) one epoch end to end, resnet{args.depth}", epoch_rate))
+
+    print(f"device {device} ({torch.cuda.get_device_name() if use_cuda else 'CPU'}), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, {args.images} images of {SOURCE_SIZE}px -> crop {CROP} -> "
+          f"{args.image_size}px, batch {args.batch_size}, workers {args.workers}, amp {acceleration.amp}")  # fmt: skip
+    print(f"decode cache built once in {cache_seconds:.1f} s ({args.images / cache_seconds:.0f} images/s)")
+    for label, rate in rows:
+        print(f"{label:<45s} {rate:10.1f} images/s")
+    result = {
+        "loader_speedup": round(project_rate / seed_rate, 2),
+        "model_step_ratio": round(rates["project"] / rates["torchvision"], 3),
+        "device": str(device),
+        "seed_loader_images_per_s": round(seed_rate, 1),
+        "project_loader_images_per_s": round(project_rate, 1),
+        "project_step_images_per_s": round(rates["project"], 1),
+        "torchvision_step_images_per_s": round(rates["torchvision"], 1),
+        "epoch_images_per_s": round(epoch_rate, 1),
+        "image_size": args.image_size,
+        "depth": args.depth,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
