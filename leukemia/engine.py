@@ -24,6 +24,17 @@ class EpochResult:
         return float((self.targets == self.predictions).mean()) if len(self.targets) else 0.0
 
 
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+
+
+def model_input(images: torch.Tensor, device: torch.device, prepare: Prepare | None, channels_last: bool):
+    """A loader batch on the device as the model takes it: prepared (tensor pipeline), in NHWC if asked."""
+    images = images.to(device, non_blocking=True)
+    if prepare is not None:
+        images = prepare(images)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def run_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -32,7 +43,7 @@ def run_epoch(
     optimizer: torch.optim.Optimizer | None = None,
     description: str = "",
     progress: bool = True,
-    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prepare: Prepare | None = None,
     amp: bool = False,
     channels_last: bool = False,
     stop: Callable[[], bool] | None = None,
@@ -51,11 +62,7 @@ def run_epoch(
             skipped += batch.skipped
             if not len(batch.labels):
                 continue
-            images = batch.images.to(device, non_blocking=True)
-            if prepare is not None:
-                images = prepare(images)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = model_input(batch.images, device, prepare, channels_last)
             labels = batch.labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(images)
@@ -98,7 +105,7 @@ def predict(
     flips: bool = False,
     description: str = "",
     progress: bool = True,
-    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prepare: Prepare | None = None,
     amp: bool = False,
     channels_last: bool = False,
 ) -> Predictions:
@@ -110,11 +117,7 @@ def predict(
         skipped += batch.skipped
         if not len(batch.labels):
             continue
-        images = batch.images.to(device, non_blocking=True)
-        if prepare is not None:
-            images = prepare(images)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = model_input(batch.images, device, prepare, channels_last)
         views = [images.flip(dims) if dims else images for dims in (FLIPS if flips else FLIPS[:1])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             softmax = torch.stack([model(view).float().softmax(dim=1) for view in views]).mean(dim=0)
