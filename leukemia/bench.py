@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -59,44 +60,51 @@ def seed_style_loader(manifest: Manifest, image_size: int, batch_size: int, work
 
 
 def images_per_second(loader: DataLoader, device: torch.device, prepare=None) -> float:
-    """Images per second over one full pass (after a first batch that starts the workers)."""
-    iterator = iter(loader)
-    next(iterator)
-    count, start = 0, time.perf_counter()
-    for batch in iterator:
-        images = batch.images.to(device, non_blocking=True)
-        if prepare is not None:
-            images = prepare(images)
-        count += len(images)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    """Images per second over a full pass, timed after an untimed pass that starts the (persistent) workers
+    and warms the file cache."""
+
+    def one_pass() -> int:
+        count = 0
+        for batch in loader:
+            images = batch.images.to(device, non_blocking=True)
+            count += len(prepare(images) if prepare is not None else images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return count
+
+    one_pass()
+    start = time.perf_counter()
+    count = one_pass()
     return count / (time.perf_counter() - start)
 
 
-def train_steps_per_second(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
-                           acceleration: Acceleration) -> float:  # fmt: skip
-    """Images per second of plain training steps on one batch, after one warm-up step."""
+def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, acceleration: Acceleration):
+    """A closure doing one plain SGD step of ``model`` on the batch."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
-    if acceleration.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
 
-    def step():
+    def step() -> None:
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=acceleration.amp):
             loss = criterion(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    step()
-    if images.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if images.device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * len(images) / (time.perf_counter() - start)
+    return step
+
+
+def interleaved_step_rates(steps: dict, batch_size: int, repeats: int, device: torch.device) -> dict[str, float]:
+    """Images per second of each named step, timed in turns (A, B, A, B, …) after one warm-up each, so that
+    a noisy machine slows both alike; the median step time counts."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats + 1):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: batch_size / statistics.median(values[1:]) for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per model in (b)")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model in (b)")
     parser.add_argument("--no-amp", action="store_true", help="CUDA: train in float32 instead of bf16 autocast")
     args = parser.parse_args(argv)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -135,13 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
             transforms.CenterCrop(CROP), transforms.Resize(args.image_size), transforms.ToTensor()])),
             batch_size=args.batch_size)))  # fmt: skip
         images, labels = batch[0].to(device), batch[1].to(device)
-        rates = {}
+        if acceleration.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         reference = getattr(torchvision.models, f"resnet{args.depth}")(num_classes=2)
-        for name, model in (("project", build_model(args.depth)), ("torchvision", reference)):
-            torch.manual_seed(0)
-            rates[name] = train_steps_per_second(acceleration.model(model, device, False), images, labels,
-                                                 args.steps, acceleration)  # fmt: skip
-            rows.append((f"(b) train step, {name} resnet{args.depth}", rates[name]))
+        models = {"project": build_model(args.depth), "torchvision": reference}
+        steps = {name: training_step(acceleration.model(model, device, False), images, labels, acceleration)
+                 for name, model in models.items()}  # fmt: skip
+        rates = interleaved_step_rates(steps, len(images), args.steps, device)
+        rows += [(f"(b) train step, {name} resnet{args.depth}", rate) for name, rate in rates.items()]
 
         model = acceleration.model(build_model(args.depth), device, False)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
