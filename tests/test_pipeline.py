@@ -149,3 +149,26 @@ def test_a_tiny_run_trains_through_the_tensor_pipeline_and_reuses_its_cache(tiny
     assert second.returncode == 0 and "split once" not in second.stdout + second.stderr
     assert len(list((tmp_path / "decoded").glob("*.npy"))) == 3
     assert "best epoch" in second.stdout + second.stderr and os.path.isdir(tmp_path / "mlruns")
+
+
+def test_the_benchmark_prints_its_table_and_a_json_last_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "leukemia.bench", "--device", "cpu", "--images", "8", "--image-size", "32",
+         "--batch-size", "4", "--workers", "0", "--steps", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["device"] == "cpu" and summary["image_size"] == 32
+    for key in ("loader_speedup", "model_step_ratio", "seed_loader_images_per_s", "project_loader_images_per_s",
+                "project_step_images_per_s", "torchvision_step_images_per_s", "epoch_images_per_s"):  # fmt: skip
+        assert summary[key] > 0, key
+    assert summary["loader_speedup"] == pytest.approx(
+        summary["project_loader_images_per_s"] / summary["seed_loader_images_per_s"], rel=0.02
+    )
+    assert any(line.startswith("(a) loader, tensor pipeline") for line in lines)
