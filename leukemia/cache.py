@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from leukemia.data import Batch, CellImages, SkippedImage, decoding
+from leukemia.data import Batch, CellImages, SkippedImage, balanced_sampler, decoding
 from leukemia.errors import UserError
 from leukemia.manifest import Manifest
 
@@ -74,11 +74,15 @@ def decoded_split(
         if not pixels_path.is_file():
             started = time.perf_counter()
             partial = folder / f"{key}.npy.{os.getpid()}.partial"
-            target = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
-                                               shape=(len(manifest), 3, image_size, image_size))  # fmt: skip
-            skipped = _decode_into(target, manifest, crop_size, workers, skip_bad)
-            target.flush()
-            del target
+            try:
+                target = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
+                                                   shape=(len(manifest), 3, image_size, image_size))  # fmt: skip
+                skipped = _decode_into(target, manifest, crop_size, workers, skip_bad)
+                target.flush()
+                del target
+            except BaseException:  # an unreadable file or Ctrl-C: leave no half-written array behind
+                partial.unlink(missing_ok=True)
+                raise
             meta = {"split": manifest.name, "source": manifest.source, "images": len(manifest),
                     "crop_size": crop_size, "image_size": image_size, "skipped": skipped}  # fmt: skip
             meta_path.write_text(json.dumps(meta))
@@ -123,8 +127,7 @@ def decoded_loader(
     dataset = DecodedImages(decoded, manifest)
     generator = torch.Generator().manual_seed(seed)
     if balanced:
-        counts = torch.bincount(dataset.labels, minlength=2).clamp(min=1).double()
-        order = WeightedRandomSampler(1.0 / counts[dataset.labels], len(dataset), generator=generator)
+        order = balanced_sampler(dataset.labels, generator)
     else:
         order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False),

@@ -120,8 +120,18 @@ class CellImages(Dataset):
 
 def class_weights(manifest: Manifest) -> torch.Tensor:
     """Per-class weights total / (classes * class size): 1 for balanced data, larger for the rarer class."""
-    counts = torch.tensor([manifest.labels.count(label) for label in range(len(CLASS_NAMES))], dtype=torch.float)
+    return _weights_of(torch.tensor(manifest.labels))
+
+
+def _weights_of(labels: torch.Tensor) -> torch.Tensor:
+    counts = torch.bincount(labels, minlength=len(CLASS_NAMES)).float()
     return counts.sum() / (len(counts) * counts.clamp(min=1))
+
+
+def balanced_sampler(labels: torch.Tensor, generator: torch.Generator) -> WeightedRandomSampler:
+    """Draws ``len(labels)`` indices with replacement, each class equally often on average."""
+    weights = _weights_of(labels)[labels]
+    return WeightedRandomSampler(weights.double(), len(labels), replacement=True, generator=generator)
 
 
 def make_loader(
@@ -137,10 +147,7 @@ def make_loader(
     """Batches of (images, labels, skipped). ``balanced`` draws each epoch's images with replacement,
     each class equally often on average (``data.balance=sampler``), instead of shuffling."""
     generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    if balanced:
-        weights = class_weights(manifest)[torch.tensor(manifest.labels)]
-        sampler = WeightedRandomSampler(weights.double(), len(manifest), replacement=True, generator=generator)
+    sampler = balanced_sampler(torch.tensor(manifest.labels), generator) if balanced else None
     return DataLoader(
         CellImages(manifest, transform, skip_bad),
         batch_size=batch_size,

@@ -116,6 +116,6 @@ def load_splits(data_cfg: Any) -> Splits:
     check_splits(splits)
     if data_cfg.limit is None:
         return splits
-    limited = [limit_manifest(manifest, data_cfg.limit) if manifest else None for manifest in
-               (splits.train, splits.valid, splits.test)]  # fmt: skip
+    limited = (None if manifest is None else limit_manifest(manifest, data_cfg.limit)
+               for manifest in (splits.train, splits.valid, splits.test))  # fmt: skip
     return Splits(*limited)

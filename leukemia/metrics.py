@@ -18,6 +18,11 @@ def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, num_classes: 
     return matrix
 
 
+def confusion_counts(matrix: np.ndarray, class_names: Sequence[str], **extra: object) -> dict:
+    """The matrix as a JSON-ready record that says how to read it."""
+    return {"classes": list(class_names), "rows": "true", "columns": "predicted", **extra, "counts": matrix.tolist()}
+
+
 def classification_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """accuracy, balanced_accuracy, f1_weighted and accuracy_<class> (recall) from a confusion matrix."""
     matrix = matrix.astype(np.float64)

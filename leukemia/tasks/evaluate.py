@@ -24,7 +24,7 @@ from leukemia.errors import UserError
 from leukemia.figures import confusion_matrix_figure
 from leukemia.layouts import load_splits
 from leukemia.manifest import CLASS_NAMES, Manifest
-from leukemia.metrics import classification_metrics, confusion_matrix, roc_auc
+from leukemia.metrics import classification_metrics, confusion_counts, confusion_matrix, roc_auc
 from leukemia.models import build_model, load_trained, read_state_dict
 from leukemia.pipeline import Feed, build_feed
 from leukemia.tasks.common import (
@@ -83,8 +83,7 @@ def evaluate_test(
     run.log_metrics(metrics)
     title = f"{run.name}: test ({len(test)} images, tta={TTA(cfg.eval.tta).value})"
     run.log_figure(confusion_matrix_figure(matrix, CLASS_NAMES, title), "figures/test_confusion_matrix.png")
-    counts = {"classes": list(CLASS_NAMES), "rows": "true", "columns": "predicted", "counts": matrix.tolist()}
-    run.log_dict(counts, "figures/test_confusion_matrix.json")
+    run.log_dict(confusion_counts(matrix, CLASS_NAMES), "figures/test_confusion_matrix.json")
     log.info("test: " + "  ".join(f"{key.removeprefix('test_')} {value:.4f}" for key, value in metrics.items()))
     return metrics
 

@@ -69,14 +69,12 @@ def varying_params(runs: list[RunRecord]) -> list[str]:
 
 def run_labels(runs: list[RunRecord], varying: list[str]) -> list[str]:
     """``resnet18 sgd lr=0.001`` plus the other hyper-parameters that differ; made unique with the run name."""
+    extras = [key for key in varying if key not in ("model.name", "model.depth", "optim.name", "optim.lr")][:3]
     labels = []
     for run in runs:
-        label = (
-            f"{run.params.get('model.name', '?')} {run.params.get('optim.name', '?')} lr={run.params.get('optim.lr')}"
-        )
-        extras = [key for key in varying if key not in ("model.name", "model.depth", "optim.name", "optim.lr")]
-        label += "".join(f" {key.split('.')[-1]}={run.params.get(key)}" for key in extras[:3])
-        labels.append(label)
+        params = run.params
+        label = f"{params.get('model.name', '?')} {params.get('optim.name', '?')} lr={params.get('optim.lr')}"
+        labels.append(label + "".join(f" {key.split('.')[-1]}={params.get(key)}" for key in extras))
     if len(set(labels)) < len(labels):
         labels = [f"{label} [{run.name}]" for label, run in zip(labels, runs, strict=True)]
     return labels

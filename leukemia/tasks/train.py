@@ -21,7 +21,7 @@ from leukemia.errors import UserError
 from leukemia.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
 from leukemia.layouts import load_splits
 from leukemia.manifest import CLASS_NAMES, Splits, summarize, summary_lines
-from leukemia.metrics import classification_metrics, confusion_matrix
+from leukemia.metrics import classification_metrics, confusion_counts, confusion_matrix
 from leukemia.models import build_model
 from leukemia.optim import build_optimizer, build_scheduler
 from leukemia.pipeline import Feed, build_feed
@@ -136,8 +136,7 @@ def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, li
     run.log_metrics({"best_epoch": best.epoch} | {f"best_{key}": value for key, value in best.metrics.items()})
     title = f"{run_name}: validation, best epoch {best.epoch} by {best.monitor.value}"
     run.log_figure(confusion_matrix_figure(best.matrix, CLASS_NAMES, title), "figures/confusion_matrix.png")
-    counts = {"classes": list(CLASS_NAMES), "rows": "true", "columns": "predicted", "epoch": best.epoch}
-    run.log_dict(counts | {"counts": best.matrix.tolist()}, "figures/confusion_matrix.json")
+    run.log_dict(confusion_counts(best.matrix, CLASS_NAMES, epoch=best.epoch), "figures/confusion_matrix.json")
     run.log_figure(learning_curves_figure(history, run_name), "figures/learning_curves.png")
     run.log_state_dict(best.state, "weights/best.pt")
 
