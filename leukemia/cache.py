@@ -15,13 +15,15 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
+from leukemia.augmentation import PixelAugmentation
 from leukemia.data import Batch, CellImages, SkippedImage, balanced_sampler, decoding
 from leukemia.errors import UserError
 from leukemia.manifest import Manifest
@@ -102,33 +104,62 @@ def decoded_split(
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """Whole batches of cached uint8 pixels, indexed by a list of positions among the readable rows (one
-    memory-mapped read per batch, not one file per image)."""
+    """Whole batches of cached uint8 pixels, indexed by a list of positions among the readable rows and a seed
+    (one memory-mapped read per batch, not one file per image), augmented per image by ``augment`` if given."""
 
-    def __init__(self, decoded: DecodedSplit, manifest: Manifest):
+    def __init__(self, decoded: DecodedSplit, manifest: Manifest, augment: PixelAugmentation | None = None):
         self.pixels = decoded.pixels
         self.rows = np.flatnonzero(decoded.readable)
         labels = np.asarray(manifest.labels if manifest.labels is not None else [-1] * len(manifest))
         self.labels = torch.from_numpy(labels[self.rows])
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, positions: list[int]) -> Batch:
+    def __getitem__(self, batch: tuple[list[int], int]) -> Batch:
+        positions, seed = batch
         positions = sorted(positions)  # ascending rows read the file front to back
-        images = torch.from_numpy(np.ascontiguousarray(self.pixels[self.rows[positions]]))
-        return Batch(images, self.labels[positions], [])
+        pixels = self.pixels[self.rows[positions]]
+        pixels = self.augment(pixels, seed) if self.augment is not None else np.ascontiguousarray(pixels)
+        return Batch(torch.from_numpy(pixels), self.labels[positions], [])
+
+
+class SeededBatches(Sampler):
+    """Each batch's positions with a seed for its augmentation, drawn here in the main process, so a run's
+    augmentation is the same whatever the number of workers."""
+
+    def __init__(self, batches: BatchSampler, seed: int):
+        self.batches = batches
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[list[int], int]]:
+        for positions in self.batches:
+            yield positions, int(torch.randint(2**31, (), generator=self.generator))
 
 
 def decoded_loader(
-    decoded: DecodedSplit, manifest: Manifest, batch_size: int, shuffle: bool, seed: int, balanced: bool = False
+    decoded: DecodedSplit,
+    manifest: Manifest,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    balanced: bool = False,
+    augment: PixelAugmentation | None = None,
+    num_workers: int = 0,
 ) -> DataLoader:
-    """Batches of (uint8 images, labels) from the cache: shuffled, class-balanced or in order."""
-    dataset = DecodedImages(decoded, manifest)
+    """Batches of (uint8 images, labels) from the cache: shuffled, class-balanced or in order; augmented in
+    ``num_workers`` processes when ``augment`` is given."""
+    dataset = DecodedImages(decoded, manifest, augment)
     generator = torch.Generator().manual_seed(seed)
     if balanced:
         order = balanced_sampler(dataset.labels, generator)
     else:
         order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False),
+    workers = num_workers if augment is not None else 0  # reading a batch alone is one memory copy
+    return DataLoader(dataset, batch_size=None, sampler=SeededBatches(BatchSampler(order, batch_size, False), seed),
+                      num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=torch.cuda.is_available())  # fmt: skip

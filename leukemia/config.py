@@ -43,7 +43,7 @@ class Pipeline(str, Enum):
     """How images reach the model."""
 
     pil = "pil"  # per image with PIL in the loader: decode, crop, resize, augment, to float (the seed's way)
-    tensor = "tensor"  # uint8 batches (decoded once when data.cache), augmented and normalised on the device
+    tensor = "tensor"  # uint8 batches (decoded once when data.cache), augmented and normalised per batch (default)
 
 
 class OnBadImage(str, Enum):
@@ -154,7 +154,7 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     balance: Balance = Balance.none
     on_bad_image: OnBadImage = OnBadImage.error
-    pipeline: Pipeline = Pipeline.pil
+    pipeline: Pipeline = Pipeline.tensor
     # tensor pipeline: decode each split once into a uint8 array under paths.cache_dir/decoded, reused by later runs.
     cache: bool = True
     # At most this many images per split (a fixed class-stratified pick), for smoke runs; null = all.

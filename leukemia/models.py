@@ -79,7 +79,6 @@ class ResNet(nn.Module):
         self.layer2 = self._make_stage(block, 128, layers[1], stride=2)
         self.layer3 = self._make_stage(block, 256, layers[2], stride=2)
         self.layer4 = self._make_stage(block, 512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         self._init_weights()
 
@@ -106,7 +105,8 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        # Global average pooling as a mean: unlike AdaptiveAvgPool2d's, its CUDA backward is deterministic.
+        return self.fc(x.mean(dim=(2, 3)))
 
 
 ARCHITECTURES: dict[int, tuple[type[BasicBlock | Bottleneck], list[int]]] = {

@@ -2,7 +2,9 @@
 
 ``data.pipeline=pil`` is the reference: each image is decoded, cropped, resized, augmented and normalised by
 PIL and torchvision in the loader. ``data.pipeline=tensor`` moves uint8 batches (decoded once into the cache
-with ``data.cache=true``, else per image) and augments and normalises whole batches on the training device.
+with ``data.cache=true``, else per image) and converts and normalises whole batches on the training device. Its
+rotation and flips run there too, on a GPU; on a CPU, where PIL's integer transform is faster, they run per image
+on the cached pixels in the loader's workers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from leukemia.augmentation import BatchAugmentation, build_augmentation
+from leukemia.augmentation import BatchAugmentation, PixelAugmentation, build_augmentation
 from leukemia.cache import decoded_loader, decoded_split
 from leukemia.config import Balance, OnBadImage, Pipeline
 from leukemia.data import decoding, make_loader, preprocessing
@@ -54,9 +56,14 @@ def build_feed(
         transform = preprocessing(*sizes, data_cfg.mean, data_cfg.std, augmentation)
         loader = make_loader(manifest, transform, batch_size, data_cfg.num_workers, train, seed, balanced, skip_bad)
         return Feed(loader)
-    prepare = partial(BatchAugmentation(aug_cfg, list(data_cfg.mean), list(data_cfg.std), device, seed), train=train)
+    in_loader = train and data_cfg.cache and device.type == "cpu"  # see PixelAugmentation
+    batch_augmentation = BatchAugmentation(aug_cfg, list(data_cfg.mean), list(data_cfg.std), device, seed,
+                                           geometric=not in_loader)  # fmt: skip
+    prepare = partial(batch_augmentation, train=train)
     if data_cfg.cache:
         decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
-        return Feed(decoded_loader(decoded, manifest, batch_size, train, seed, balanced), prepare, decoded.skipped)
+        augment = PixelAugmentation(aug_cfg) if in_loader else None
+        loader = decoded_loader(decoded, manifest, batch_size, train, seed, balanced, augment, data_cfg.num_workers)
+        return Feed(loader, prepare, decoded.skipped)
     loader = make_loader(manifest, decoding(*sizes), batch_size, data_cfg.num_workers, train, seed, balanced, skip_bad)
     return Feed(loader, prepare)

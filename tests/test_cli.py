@@ -131,15 +131,18 @@ def test_wrong_type_on_the_command_line_fails_at_composition(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_an_unreadable_image_mid_run_fails_the_run_naming_the_file(tmp_path):
+@pytest.mark.parametrize(("pipeline", "statuses"), [("pil", ["FAILED"]), ("tensor", [])])
+def test_an_unreadable_image_fails_naming_the_file(tmp_path, pipeline, statuses):
+    """The PIL path meets the file mid-run and marks the run FAILED; the tensor path's decode cache meets it
+    before the run opens, so no run is left behind."""
     root = write_lab_layout(tmp_path / "data", {"train": 8, "valid": 4})
     (root / "valid" / "3.bmp").write_bytes(b"BM truncated")
-    result = run_cli(*FAST, f"data.root={root}", "trainer.epochs=1", cwd=tmp_path)
+    result = run_cli(*FAST, f"data.root={root}", "trainer.epochs=1", f"data.pipeline={pipeline}", cwd=tmp_path)
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and "valid/3.bmp: cannot be read as an image" in last_line
     _, runs = runs_of(tmp_path)
-    assert [run.info.status for run in runs] == ["FAILED"]
+    assert [run.info.status for run in runs] == statuses
 
 
 def test_ctrl_c_ends_the_run_killed_with_exit_130(tiny_lab, tmp_path):

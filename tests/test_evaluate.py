@@ -150,7 +150,9 @@ def test_bad_eval_requests_fail_in_one_line_naming_the_culprit(trained, tmp_path
 def test_a_run_without_weights_is_named(tmp_path):
     root = write_lab_layout(tmp_path / "data", {"train": 8, "valid": 4})
     (root / "valid" / "3.bmp").write_bytes(b"BM truncated")  # fails the run in its first validation
-    crashed = run_cli(*FAST, f"data.root={root}", "trainer.epochs=1", "run_name=crashed", cwd=tmp_path)
+    crashed = run_cli(
+        *FAST, f"data.root={root}", "trainer.epochs=1", "run_name=crashed", "data.pipeline=pil", cwd=tmp_path
+    )  # the PIL path meets the file mid-run
     assert crashed.returncode == 1
     (failed,) = runs_by_kind(tmp_path, "train")
     result = run_cli("task=eval", f"run_id={failed.info.run_id}", cwd=tmp_path)

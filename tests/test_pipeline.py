@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from leukemia.augmentation import BatchAugmentation
+from leukemia.augmentation import BatchAugmentation, PixelAugmentation
 from leukemia.cache import decoded_loader, decoded_split
 from leukemia.data import decoding
 from leukemia.errors import UserError
@@ -136,6 +136,50 @@ def test_rotation_matches_torchvision_within_interpolation_tolerance(manifest):
         same = torch.isclose(rotated, expected, atol=1e-5).all(dim=0).float().mean()
         assert same > 0.99, (angle, same)  # on this CPU: every pixel equal
     assert max(abs(angle) for angle in angles) > 10  # the draws span the range, not just near-zero angles
+
+
+def pixel_augmenter(**overrides):
+    defaults = {"rotation_degrees": 20, "hflip_p": 0.5, "vflip_p": 0.5}
+    cfg = compose_config(*(f"augmentation.{k}={v}" for k, v in {**defaults, **overrides}.items())).augmentation
+    return PixelAugmentation(cfg)
+
+
+def test_loader_augmentation_equals_pil_rotate_then_flips_for_its_draws(manifest, tmp_path):
+    pixels = decoded_split(manifest, 40, 32, tmp_path / "cache").pixels
+    out = pixel_augmenter()(pixels, seed=7)
+    rng = np.random.default_rng(7)  # the draws, in the order the augmentation makes them
+    angles, hflips, vflips = rng.uniform(-20, 20, 10), rng.random(10) < 0.5, rng.random(10) < 0.5
+    for source, result, angle, hflip, vflip in zip(pixels, out, angles, hflips, vflips, strict=True):
+        expected = TF.rotate(Image.fromarray(source.transpose(1, 2, 0)), angle)  # nearest, black fill
+        expected = TF.vflip(expected) if vflip else expected
+        expected = TF.hflip(expected) if hflip else expected
+        same = (np.asarray(expected).transpose(2, 0, 1) == result).all(axis=0).mean()
+        assert same > 0.99, (angle, same)  # all but rounding ties at pixel borders
+    assert 0 < hflips.sum() < 10 and 0 < vflips.sum() < 10 and np.abs(angles).max() > 10
+
+
+def test_loader_augmentation_draws_follow_the_seed_and_the_probabilities(manifest, tmp_path):
+    image = decoded_split(manifest, 40, 32, tmp_path / "cache").pixels[1]
+    batch = np.repeat(image[None], 400, axis=0)
+    flips = pixel_augmenter(rotation_degrees=0, vflip_p=0)(batch, seed=3)
+    mirrored = (flips == image[:, :, ::-1]).all(axis=(1, 2, 3))
+    assert ((flips == image).all(axis=(1, 2, 3)) | mirrored).all() and 0.42 < mirrored.mean() < 0.58
+    augment = pixel_augmenter()
+    assert np.array_equal(augment(batch[:8], seed=3), augment(batch[:8], seed=3))
+    assert not np.array_equal(augment(batch[:8], seed=3), augment(batch[:8], seed=4))
+
+
+def test_cached_training_batches_are_the_same_whatever_the_number_of_workers(manifest, tmp_path):
+    decoded = decoded_split(manifest, 40, 32, tmp_path / "cache")
+
+    def epochs(workers):
+        loader = decoded_loader(decoded, manifest, 4, True, 5, augment=pixel_augmenter(), num_workers=workers)
+        return [[(batch.images, batch.labels) for batch in loader] for _ in range(2)]
+
+    alone, parallel = epochs(0), epochs(2)
+    assert not torch.equal(alone[0][0][0], alone[1][0][0])  # each epoch draws anew
+    for one, other in zip(sum(alone, []), sum(parallel, []), strict=True):
+        assert torch.equal(one[0], other[0]) and torch.equal(one[1], other[1])
 
 
 def test_a_tiny_run_trains_through_the_tensor_pipeline_and_reuses_its_cache(tiny_lab, tmp_path):
