@@ -15,16 +15,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader
 
 from leukemia.augmentation import PixelAugmentation
-from leukemia.data import Batch, CellImages, SkippedImage, balanced_sampler, decoding
+from leukemia.data import Batch, CellImages, SeededSampler, SkippedImage, decoding, epoch_order
 from leukemia.errors import UserError
 from leukemia.manifest import Manifest
 
@@ -125,22 +124,6 @@ class DecodedImages(torch.utils.data.Dataset):
         return Batch(torch.from_numpy(pixels), self.labels[positions], [])
 
 
-class SeededBatches(Sampler):
-    """Each batch's positions with a seed for its augmentation, drawn here in the main process, so a run's
-    augmentation is the same whatever the number of workers."""
-
-    def __init__(self, batches: BatchSampler, seed: int):
-        self.batches = batches
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[tuple[list[int], int]]:
-        for positions in self.batches:
-            yield positions, int(torch.randint(2**31, (), generator=self.generator))
-
-
 def decoded_loader(
     decoded: DecodedSplit,
     manifest: Manifest,
@@ -155,11 +138,8 @@ def decoded_loader(
     ``num_workers`` processes when ``augment`` is given."""
     dataset = DecodedImages(decoded, manifest, augment)
     generator = torch.Generator().manual_seed(seed)
-    if balanced:
-        order = balanced_sampler(dataset.labels, generator)
-    else:
-        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    order = BatchSampler(epoch_order(dataset, shuffle, generator, balanced, dataset.labels), batch_size, False)
     workers = num_workers if augment is not None else 0  # reading a batch alone is one memory copy
-    return DataLoader(dataset, batch_size=None, sampler=SeededBatches(BatchSampler(order, batch_size, False), seed),
+    return DataLoader(dataset, batch_size=None, sampler=SeededSampler(order, generator),
                       num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=torch.cuda.is_available())  # fmt: skip

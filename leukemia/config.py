@@ -204,6 +204,9 @@ class TrainerConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    # Deterministic algorithms only, cuDNN autotuning off: same seed, same numbers on CUDA too, at some speed.
+    # CPU runs repeat bit for bit either way.
+    deterministic: bool = False
 
 
 @dataclass
@@ -252,6 +255,8 @@ class Config:
     seed: int = 42
     # A short free-text run name; empty means "<model>-<optim>-lr<lr>".
     run_name: str = ""
+    # task=train: continue this MLflow run from its last checkpoint, with its own config.
+    resume: str | None = None
     # task=eval: the MLflow run whose config and best weights to evaluate, or a local state_dict file instead.
     run_id: str | None = None
     weights: str | None = None

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+    default_collate,
+)
 from torchvision import transforms
 
 from leukemia.errors import UserError
@@ -89,9 +98,42 @@ def collate(items: list) -> Batch:
     return Batch(images, labels, skipped)
 
 
+class SeededSampler(Sampler):
+    """Each item of ``order`` (an index, or a batch's list of indices) with a seed for its augmentation, drawn
+    here in the main process from ``generator``. A run's augmentation then depends neither on
+    ``data.num_workers`` nor on the workers' random states, and the generator's state at an epoch's end is all a
+    checkpoint needs to continue the same sequence."""
+
+    def __init__(self, order: Sampler, generator: torch.Generator):
+        self.order = order
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        for item in self.order:
+            yield item, int(torch.randint(2**31, (), generator=self.generator))
+
+
+@contextmanager
+def seeded_random_state(seed: int) -> Iterator[None]:
+    """Torch's CPU and Python's random state set to ``seed`` inside, restored after: torchvision's transforms
+    draw from those global states (``RandomOrder`` from Python's)."""
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+
+
 class CellImages(Dataset):
     """Decodes a manifest's images as RGB; a file that is not a decodable image (or is truncated) stops the
-    run with its name, or with ``skip_bad`` is left out and reported in the batch."""
+    run with its name, or with ``skip_bad`` is left out and reported in the batch. Indexed by ``(index, seed)``
+    (see ``SeededSampler``), the transform draws its randomness from that seed."""
 
     def __init__(self, manifest: Manifest, transform, skip_bad: bool = False):
         self.manifest = manifest
@@ -101,7 +143,8 @@ class CellImages(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SkippedImage:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int] | SkippedImage:
+        index, seed = item if isinstance(item, tuple) else (item, None)
         path = self.manifest.paths[index]
         try:
             with Image.open(path) as image:
@@ -115,7 +158,10 @@ class CellImages(Dataset):
                 f"or set data.on_bad_image=skip to leave such files out"
             ) from error
         label = self.manifest.labels[index] if self.manifest.labels is not None else -1
-        return self.transform(rgb), label
+        if seed is None:
+            return self.transform(rgb), label
+        with seeded_random_state(seed):
+            return self.transform(rgb), label
 
 
 def class_weights(manifest: Manifest) -> torch.Tensor:
@@ -134,6 +180,13 @@ def balanced_sampler(labels: torch.Tensor, generator: torch.Generator) -> Weight
     return WeightedRandomSampler(weights.double(), len(labels), replacement=True, generator=generator)
 
 
+def epoch_order(dataset: Dataset, shuffle: bool, generator: torch.Generator, balanced: bool, labels) -> Sampler:
+    """Each epoch's order of the dataset's items: class-balanced draws, a shuffle, or as listed."""
+    if balanced:
+        return balanced_sampler(torch.as_tensor(labels), generator)
+    return RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+
+
 def make_loader(
     manifest: Manifest,
     transform,
@@ -144,17 +197,16 @@ def make_loader(
     balanced: bool = False,
     skip_bad: bool = False,
 ) -> DataLoader:
-    """Batches of (images, labels, skipped). ``balanced`` draws each epoch's images with replacement,
-    each class equally often on average (``data.balance=sampler``), instead of shuffling."""
+    """Batches of (images, labels, skipped): shuffled, or in order. ``balanced`` draws each epoch's images with
+    replacement, each class equally often on average (``data.balance=sampler``), instead of shuffling. The order
+    and every augmentation draw come from one generator seeded with ``seed``."""
+    dataset = CellImages(manifest, transform, skip_bad)
     generator = torch.Generator().manual_seed(seed)
-    sampler = balanced_sampler(torch.tensor(manifest.labels), generator) if balanced else None
     return DataLoader(
-        CellImages(manifest, transform, skip_bad),
+        dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        sampler=SeededSampler(epoch_order(dataset, shuffle, generator, balanced, manifest.labels), generator),
         num_workers=num_workers,
-        generator=generator,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,14 @@ class EpochResult:
 
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A training batch's loss was NaN or infinite; raised before the step, so the weights stay as they were."""
+
+    def __init__(self, loss: float, batch: int):
+        super().__init__(f"training loss {loss} in batch {batch}")
+        self.loss, self.batch = loss, batch
 
 
 def model_input(images: torch.Tensor, device: torch.device, prepare: Prepare | None, channels_last: bool):
@@ -58,7 +67,7 @@ def run_epoch(
     targets, predictions, skipped = [], [], []
     bar = tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch")
     with torch.set_grad_enabled(training):
-        for batch in bar:
+        for number, batch in enumerate(bar, start=1):
             skipped += batch.skipped
             if not len(batch.labels):
                 continue
@@ -67,13 +76,16 @@ def run_epoch(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(images)
                 loss = criterion(logits.float(), labels)
+            batch_loss = loss.item()
             if training:
+                if not math.isfinite(batch_loss):
+                    raise NonFiniteLoss(batch_loss, number)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             if stop is not None:
                 stop()  # raises KeyboardInterrupt when a stop was asked for
-            total_loss += loss.item() * len(labels)
+            total_loss += batch_loss * len(labels)
             seen += len(labels)
             targets.append(labels.cpu())
             predictions.append(logits.argmax(dim=1).cpu())

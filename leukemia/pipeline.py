@@ -32,6 +32,15 @@ class Feed:
     loader: DataLoader
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     skipped: list[str] = field(default_factory=list)  # unreadable files already left out (decode cache)
+    generators: list[torch.Generator] = field(default_factory=list)  # every random draw of the feed comes from these
+
+    def random_state(self) -> list[torch.Tensor]:
+        """The generators' states at an epoch's end: with them a resumed run draws what this one would have."""
+        return [generator.get_state() for generator in self.generators]
+
+    def restore_random_state(self, states: list[torch.Tensor]) -> None:
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state)
 
 
 def build_feed(
@@ -55,15 +64,19 @@ def build_feed(
         augmentation = build_augmentation(aug_cfg) if train else None
         transform = preprocessing(*sizes, data_cfg.mean, data_cfg.std, augmentation)
         loader = make_loader(manifest, transform, batch_size, data_cfg.num_workers, train, seed, balanced, skip_bad)
-        return Feed(loader)
+        return Feed(loader, generators=[loader.sampler.generator])
     in_loader = train and data_cfg.cache and device.type == "cpu"  # see PixelAugmentation
     batch_augmentation = BatchAugmentation(aug_cfg, list(data_cfg.mean), list(data_cfg.std), device, seed,
                                            geometric=not in_loader)  # fmt: skip
     prepare = partial(batch_augmentation, train=train)
+    skipped: list[str] = []
     if data_cfg.cache:
         decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
+        skipped = decoded.skipped
         augment = PixelAugmentation(aug_cfg) if in_loader else None
         loader = decoded_loader(decoded, manifest, batch_size, train, seed, balanced, augment, data_cfg.num_workers)
-        return Feed(loader, prepare, decoded.skipped)
-    loader = make_loader(manifest, decoding(*sizes), batch_size, data_cfg.num_workers, train, seed, balanced, skip_bad)
-    return Feed(loader, prepare)
+    else:
+        loader = make_loader(manifest, decoding(*sizes), batch_size, data_cfg.num_workers, train, seed, balanced,
+                             skip_bad)  # fmt: skip
+    generators = [loader.sampler.generator, batch_augmentation.generator]
+    return Feed(loader, prepare, skipped, generators)

@@ -62,6 +62,9 @@ class Run:
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(params))
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow.set_tags(dict(tags))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
@@ -92,13 +95,18 @@ def tracked_run(
     tags: Mapping[str, str],
     ui_url: str,
     parent_run_id: str | None = None,
+    reopen_run_id: str | None = None,
 ) -> Iterator[Run]:
-    """Open a run in ``experiment`` at ``uri`` (nested under ``parent_run_id`` if given); close it FINISHED,
-    FAILED or KILLED."""
+    """Open a run in ``experiment`` at ``uri`` (nested under ``parent_run_id`` if given), or reopen the run
+    ``reopen_run_id`` (its tags updated with ``tags``); close it FINISHED, FAILED or KILLED."""
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    tags = dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
-    active = mlflow.start_run(run_name=run_name, tags=tags)
+    if reopen_run_id:
+        active = mlflow.start_run(run_id=reopen_run_id)
+        mlflow.set_tags(dict(tags))
+    else:
+        mlflow.set_experiment(experiment)
+        tags = dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
+        active = mlflow.start_run(run_name=run_name, tags=tags)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         yield Run(active, ui_url)
@@ -144,12 +152,13 @@ class Store:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
 
-    def run(self, run_id: str) -> RunRecord:
+    def run(self, run_id: str, key: str = "run_id") -> RunRecord:
+        """The run ``run_id``, given on the command line as ``key``."""
         try:
             return _record(self.client.get_run(run_id))
         except MlflowException as error:
             raise UserError(
-                f"run_id={run_id}: no such run in {self.uri} (tracking.uri); copy the id from the run's link or "
+                f"{key}={run_id}: no such run in {self.uri} (tracking.uri); copy the id from the run's link or "
                 f"from `mlflow ui`, and launch from the folder that holds mlflow.db"
             ) from error
 

@@ -160,7 +160,7 @@ def test_ctrl_c_ends_the_run_killed_with_exit_130(tiny_lab, tmp_path):
     finally:
         process.kill()
     assert process.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr
+    assert "stopped by SIGINT" in stderr
     _, runs = runs_of(tmp_path)
     assert [run.info.status for run in runs] == ["KILLED"]
 

@@ -7,6 +7,7 @@ the run FAILED.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -23,11 +24,12 @@ TASKS: dict[Task, Any] = {Task.train: train, Task.eval: evaluate, Task.plot: plo
 
 def run_task(cfg: DictConfig) -> Any:
     """Entry point for run.py: dispatch on ``task``; a UserError ends the process with one line and exit 1,
-    Ctrl-C with exit 130."""
+    SIGINT (Ctrl-C) or SIGTERM with 128 + the signal's number (130, 143), as a shell reports them."""
     try:
         return TASKS[Task(cfg.task)](cfg)
     except UserError as error:
         sys.exit(f"error: {error.one_line()}")
-    except KeyboardInterrupt:
-        print("interrupted (an open MLflow run is marked KILLED)", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"stopped by {signal.Signals(signum).name} (an open MLflow run is marked KILLED)", file=sys.stderr)
+        sys.exit(128 + signum)

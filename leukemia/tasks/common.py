@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,14 +16,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from leukemia.config import Device, Task
+from leukemia.config import DATA_SCHEMAS, Device, Task, TrainerConfig
 from leukemia.errors import UserError
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); ``deterministic`` also restricts torch to deterministic
+    algorithms. Call it before CUDA starts: cuBLAS reads its workspace setting then."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA >= 10.2
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def resolve_device(choice: Device) -> torch.device:
@@ -81,7 +89,7 @@ class Acceleration:
     @classmethod
     def for_device(cls, trainer_cfg: DictConfig, device: torch.device) -> Acceleration:
         on_cuda = device.type == "cuda"
-        torch.backends.cudnn.benchmark = on_cuda
+        torch.backends.cudnn.benchmark = on_cuda and not trainer_cfg.get("deterministic", False)
         return cls(amp=on_cuda and trainer_cfg.amp, channels_last=on_cuda and trainer_cfg.channels_last)
 
     @property
@@ -96,30 +104,61 @@ class Acceleration:
         return torch.compile(model) if compile_model else model
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop asked for by a signal: Ctrl-C (SIGINT) or a scheduler's or ``kill``'s SIGTERM."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class StopRequest:
-    """Ctrl-C while a task runs. The handler raises KeyboardInterrupt at once, as Python's default does, and
-    also remembers the request, so that ``check`` (called after every batch) raises it again should a library
-    have swallowed the first one: a single Ctrl-C always stops the run."""
+    """SIGINT or SIGTERM while a task runs. The handler raises ``Stopped`` (a KeyboardInterrupt) at once, as
+    Python's default does for Ctrl-C, and also remembers the request, so that ``check`` (called after every
+    batch) raises it again should a library have swallowed the first one: one signal always stops the run."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        raise KeyboardInterrupt
+        self.signum = signum
+        raise Stopped(signum)
 
     def check(self) -> bool:
-        if self.requested:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            raise Stopped(self.signum)
         return False
 
     def __enter__(self) -> StopRequest:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc_info) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def command_line_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def override_key(override: str) -> str:
+    """``+data.root=x`` -> ``data.root``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def typed_again(stored: DictConfig) -> DictConfig:
+    """A run's stored, resolved config typed again by the current schemas of its data option and its trainer, so
+    that keys added since it ran get their defaults."""
+    merged = stored.copy()
+    schema = DATA_SCHEMAS.get(stored.data.name)
+    if schema is not None:
+        merged.data = OmegaConf.merge(OmegaConf.structured(schema), stored.data)
+    merged.trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), stored.trainer)
+    return merged
 
 
 def decode_cache_folder(cfg: DictConfig) -> Path:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from leukemia.config import DATA_SCHEMAS, TTA
+from leukemia.config import TTA
 from leukemia.engine import predict
 from leukemia.errors import UserError
 from leukemia.figures import confusion_matrix_figure
@@ -30,10 +29,13 @@ from leukemia.pipeline import Feed, build_feed
 from leukemia.tasks.common import (
     Acceleration,
     check_ranges,
+    command_line_overrides,
     decode_cache_folder,
     launch_context,
     output_dir,
+    override_key,
     resolve_device,
+    typed_again,
 )
 from leukemia.tracking import Run, Store, tracked_run
 
@@ -88,25 +90,18 @@ def evaluate_test(
     return metrics
 
 
-def _command_line_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def config_of_run(stored: DictConfig, cfg: DictConfig) -> DictConfig:
     """The evaluated run's resolved config, typed again by its data schema (keys added since default), with
     the eval command's own keys and its single-key overrides (``data.root=…``) on top."""
     missing = [key for key in ("model", "data", "trainer") if key not in stored]
     if missing:
         raise UserError(f"run {cfg.run_id}: its config/config.yaml lacks {missing}; task=eval reads runs of task=train")
-    merged = stored.copy()
-    schema = DATA_SCHEMAS.get(stored.data.name)
-    if schema is not None:
-        merged.data = OmegaConf.merge(OmegaConf.structured(schema), stored.data)
+    merged = typed_again(stored)
     for key in ("task", "eval", "tracking", "run_id", "weights"):
         OmegaConf.update(merged, key, cfg[key], force_add=True)
     OmegaConf.update(merged, "trainer", {"device": cfg.trainer.device, "progress": cfg.trainer.progress}, merge=True)
-    for override in _command_line_overrides():
-        key = override.split("=", 1)[0].lstrip("+~")
+    for override in command_line_overrides():
+        key = override_key(override)
         if key.startswith(EVAL_KEYS):
             continue
         if key in GROUPS and override.split("=", 1)[1] == stored[key].name:

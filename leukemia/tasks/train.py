@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from leukemia.augmentation import build_augmentation
+from leukemia.checkpoint import random_states, restore_random_states, save_checkpoint
 from leukemia.config import Balance, Monitor
 from leukemia.data import class_weights, displayable, preprocessing, preview
-from leukemia.engine import run_epoch
+from leukemia.engine import NonFiniteLoss, run_epoch
 from leukemia.errors import UserError
 from leukemia.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
 from leukemia.layouts import load_splits
@@ -31,11 +32,13 @@ from leukemia.tasks.common import (
     check_ranges,
     decode_cache_folder,
     launch_context,
+    output_dir,
     resolve_device,
     seed_everything,
 )
 from leukemia.tasks.evaluate import evaluate_test
-from leukemia.tracking import Run, flatten, tracked_run
+from leukemia.tasks.resume import CHECKPOINT_TAG, log_unlogged_epochs, resume_point
+from leukemia.tracking import Run, Store, flatten, tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,30 @@ class BestEpoch:
         self.state = {key: tensor.detach().cpu().clone() for key, tensor in model.state_dict().items()}
         return True
 
+    def to_checkpoint(self) -> dict:
+        matrix = None if self.matrix is None else self.matrix.tolist()
+        return {"epoch": self.epoch, "metrics": self.metrics, "matrix": matrix, "state": self.state}
+
+    @classmethod
+    def from_checkpoint(cls, monitor: Monitor, saved: dict) -> BestEpoch:
+        matrix = None if saved["matrix"] is None else np.asarray(saved["matrix"], dtype=np.int64)
+        return cls(monitor, saved["epoch"], saved["metrics"], matrix, saved["state"])
+
+
+@dataclass
+class Progress:
+    """Where training stands after an epoch: all a checkpoint holds besides the model, optimizer and random states."""
+
+    best: BestEpoch
+    epoch: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    skipped: SkippedFiles = field(default_factory=SkippedFiles)
+
+    def record(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.epoch = epoch
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append(value)
+
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> str:
     return (
@@ -141,70 +168,148 @@ def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, li
     run.log_state_dict(best.state, "weights/best.pt")
 
 
+class Trainer:
+    """One training run's moving parts: model, optimizer, scheduler and feeds, and what a checkpoint of them
+    holds, so that a resumed run continues with exactly the numbers the uninterrupted one would have had."""
+
+    def __init__(self, cfg: DictConfig, splits: Splits, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights)
+        self.acceleration = Acceleration.for_device(cfg.trainer, device)
+        self.runnable = self.acceleration.model(self.model, device, cfg.trainer.compile)
+        self.train_feed, self.val_feed = build_feeds(cfg, splits, device)
+        self.criterion, self.balance_params = training_criterion(cfg, splits)
+        self.eval_criterion = nn.CrossEntropyLoss()  # unweighted, so val_loss compares across data.balance settings
+        self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.trainer.epochs)
+
+    def checkpoint(self, progress: Progress, run_id: str) -> dict:
+        return {
+            "run_id": run_id,
+            "epoch": progress.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "best": progress.best.to_checkpoint(),
+            "history": progress.history,
+            "skipped": list(progress.skipped.seen),
+            "random": random_states(),
+            "feeds": {"train": self.train_feed.random_state(), "valid": self.val_feed.random_state()},
+        }
+
+    def restore(self, state: dict) -> Progress:
+        """Load a checkpoint's weights, optimizer and scheduler; returns its progress. The random states are
+        restored last, just before training goes on."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        progress = Progress(BestEpoch.from_checkpoint(Monitor(self.cfg.trainer.monitor), state["best"]),
+                            state["epoch"], state["history"])  # fmt: skip
+        progress.skipped.seen = dict.fromkeys(state["skipped"])
+        self.train_feed.restore_random_state(state["feeds"]["train"])
+        self.val_feed.restore_random_state(state["feeds"]["valid"])
+        restore_random_states(state["random"])
+        return progress
+
+    def epoch(self, epoch: int, stop: StopRequest) -> tuple[dict[str, float], np.ndarray, list[str]]:
+        """Train one epoch and validate: the epoch's metrics, the validation confusion matrix, and the files
+        skipped as unreadable."""
+        cfg, lr = self.cfg, self.optimizer.param_groups[0]["lr"]
+        common = {"progress": cfg.trainer.progress, "stop": stop.check, **self.acceleration.step}
+        try:
+            trained = run_epoch(self.runnable, self.train_feed.loader, self.criterion, self.device, self.optimizer,
+                                f"epoch {epoch} train", prepare=self.train_feed.prepare, **common)  # fmt: skip
+        except NonFiniteLoss as error:
+            raise UserError(
+                f"training loss became {error.loss} in epoch {epoch}, batch {error.batch} (optim.lr={lr:g}, "
+                f"data.batch_size={cfg.data.batch_size}); lower optim.lr"
+            ) from error
+        validated = run_epoch(self.runnable, self.val_feed.loader, self.eval_criterion, self.device, None,
+                              f"epoch {epoch} valid", prepare=self.val_feed.prepare, **common)  # fmt: skip
+        if self.scheduler is not None:
+            self.scheduler.step()
+        matrix = confusion_matrix(validated.targets, validated.predictions, cfg.model.num_classes)
+        val_metrics = {f"val_{k}": v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
+        val_metrics["val_loss"] = validated.loss
+        metrics = {"train_loss": trained.loss, "train_accuracy": trained.accuracy, "lr": lr} | val_metrics
+        return metrics, matrix, trained.skipped + validated.skipped
+
+
+def _out_of_memory(cfg: DictConfig) -> UserError:
+    size = cfg.data.batch_size
+    return UserError(
+        f"CUDA ran out of memory with data.batch_size={size} ({cfg.model.name}, {cfg.data.image_size} px); "
+        f"try data.batch_size={max(1, size // 2)}"
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's validation metrics."""
+    """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's validation metrics.
+    With ``resume=<run id>``, continue that run from its last checkpoint."""
+    resumed = resume_point(cfg) if cfg.resume else None
+    cfg = resumed.cfg if resumed else cfg
     check_ranges(cfg)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)
-    model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights)
-    acceleration = Acceleration.for_device(cfg.trainer, device)
-    runnable = acceleration.model(model, device, cfg.trainer.compile)
-    train_feed, val_feed = build_feeds(cfg, splits, device)
-    criterion, balance_params = training_criterion(cfg, splits)
-    eval_criterion = nn.CrossEntropyLoss()  # unweighted, so val_loss compares across data.balance settings
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs)
+    trainer = Trainer(cfg, splits, device)
     run_name, tags, overrides = launch_context(cfg)
+    run_name = resumed.run.name if resumed else run_name
+    checkpoint_path = output_dir() / "checkpoints" / "last.pt"
+    tags[CHECKPOINT_TAG] = str(checkpoint_path)
+    if resumed:
+        tags["resumed_after_epoch"] = str(resumed.epoch)
     log.info("%s on %s: %d train / %d valid images, device %s",
              run_name, cfg.data.name, len(splits.train), len(splits.valid), device)  # fmt: skip
 
+    reopen = resumed.run.id if resumed else None
     with (
         StopRequest() as stop_request,
-        tracked_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.ui_url) as run,
+        tracked_run(
+            cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.ui_url, reopen_run_id=reopen
+        ) as run,  # fmt: skip
     ):
         container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        run.log_params(flatten(container) | balance_params)
-        run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")
-        run.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
+        run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")  # a resume may raise trainer.epochs
+        if resumed:
+            progress = trainer.restore(resumed.state)
+            log_unlogged_epochs(run, Store(cfg.tracking.uri), progress.history)
+        else:
+            run.log_params(flatten(container) | trainer.balance_params)
+            run.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
+            log_dataset(run, splits)
+            log_training_preview(run, cfg, splits, run_name)
+            progress = Progress(BestEpoch(Monitor(cfg.trainer.monitor)))
         log.info("MLflow run %s: %s", run.id, run.link)
-        log_dataset(run, splits)
-        log_training_preview(run, cfg, splits, run_name)
+        progress.skipped.add(trainer.train_feed.skipped + trainer.val_feed.skipped)
+        try:
+            for epoch in range(progress.epoch + 1, cfg.trainer.epochs + 1):
+                metrics, matrix, skipped = trainer.epoch(epoch, stop_request)
+                metrics["skipped_images"] = progress.skipped.add(skipped)
+                val_metrics = {key: value for key, value in metrics.items() if key.startswith("val_")}
+                improved = progress.best.update(epoch, val_metrics, matrix, trainer.model)
+                progress.record(epoch, metrics)
+                save_checkpoint(trainer.checkpoint(progress, run.id), checkpoint_path)
+                run.log_metrics(metrics, step=epoch)
+                log.info(_epoch_line(epoch, cfg.trainer.epochs, metrics, improved))
+        except KeyboardInterrupt:
+            log.warning("stopped in epoch %d; the checkpoint after epoch %d is %s; continue with: "
+                        "python run.py resume=%s", progress.epoch + 1, progress.epoch, checkpoint_path,
+                        run.id)  # fmt: skip
+            raise
+        except torch.cuda.OutOfMemoryError as error:
+            raise _out_of_memory(cfg) from error
 
-        best = BestEpoch(Monitor(cfg.trainer.monitor))
-        history: dict[str, list[float]] = {}
-        skipped = SkippedFiles()
-        skipped.add(train_feed.skipped + val_feed.skipped)
-        bar = {"progress": cfg.trainer.progress, "stop": stop_request.check}
-        for epoch in range(1, cfg.trainer.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            trained = run_epoch(runnable, train_feed.loader, criterion, device, optimizer, f"epoch {epoch} train",
-                                prepare=train_feed.prepare, **bar, **acceleration.step)  # fmt: skip
-            if not math.isfinite(trained.loss):
-                raise UserError(f"training loss became {trained.loss} in epoch {epoch}; lower optim.lr (now {lr:g})")
-            validated = run_epoch(runnable, val_feed.loader, eval_criterion, device, None, f"epoch {epoch} valid",
-                                  prepare=val_feed.prepare, **bar, **acceleration.step)  # fmt: skip
-            if scheduler is not None:
-                scheduler.step()
-            matrix = confusion_matrix(validated.targets, validated.predictions, cfg.model.num_classes)
-            val_metrics = {f"val_{k}": v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
-            val_metrics["val_loss"] = validated.loss
-            metrics = {"train_loss": trained.loss, "train_accuracy": trained.accuracy, "lr": lr} | val_metrics
-            metrics["skipped_images"] = skipped.add(trained.skipped + validated.skipped)
-            run.log_metrics(metrics, step=epoch)
-            for key, value in metrics.items():
-                history.setdefault(key, []).append(value)
-            improved = best.update(epoch, val_metrics, matrix, model)
-            log.info(_epoch_line(epoch, cfg.trainer.epochs, metrics, improved))
-
+        best = progress.best
         if best.state is None:
             raise UserError("no epoch gave a finite validation score; check trainer.epochs and the valid split")
-        _log_outcome(run, run_name, best, history)
+        _log_outcome(run, run_name, best, progress.history)
         if splits.test is not None:
-            model.load_state_dict(best.state)
-            evaluate_test(runnable, cfg, splits.test, device, run, acceleration)
-        if skipped.seen:
-            run.log_text("\n".join(skipped.seen) + "\n", "data/skipped_images.txt")
+            trainer.model.load_state_dict(best.state)
+            evaluate_test(trainer.runnable, cfg, splits.test, device, run, trainer.acceleration)
+        if progress.skipped.seen:
+            run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
         log.info("best epoch %d: %s %.4f; open %s (start `mlflow ui` in %s first)",
                  best.epoch, best.monitor.value, best.value, run.link, Path.cwd())  # fmt: skip
     return best.metrics

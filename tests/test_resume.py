@@ -1,0 +1,137 @@
+"""Reproducibility and resume, through the real CLI and a real MLflow store: same seed, same numbers; a run
+killed with SIGKILL or stopped with SIGTERM continues from its last checkpoint to the uninterrupted numbers."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import FAST, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 4
+
+
+def client_for(folder: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of the run as (step, value) pairs in step order."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
+
+
+def run_id_of(output: str) -> str:
+    return output.split("MLflow run ", 1)[1].split(":", 1)[0]
+
+
+def training_args(tiny_lab: Path) -> tuple[str, ...]:
+    return (*FAST, f"data.root={tiny_lab}", "trainer.deterministic=true")
+
+
+def start(args: tuple[str, ...], cwd: Path) -> subprocess.Popen:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(REPO / "run.py"), *args]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def signal_after_first_epoch(process: subprocess.Popen, signum: int) -> str:
+    """Send ``signum`` as soon as the first epoch's line (written after its checkpoint) appears; all output."""
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if " - epoch 1/" in line:
+                process.send_signal(signum)
+                break
+        seen.append(process.communicate(timeout=120)[0])
+    finally:
+        process.kill()
+    return "".join(seen)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_lab, tmp_path_factory):
+    """An uninterrupted deterministic run: its folder (with the MLflow store) and its run id."""
+    folder = tmp_path_factory.mktemp("reference")
+    result = run_cli(*training_args(tiny_lab), f"trainer.epochs={EPOCHS}", cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, run_id_of(result.stdout)
+
+
+def test_two_runs_with_the_same_config_and_seed_log_identical_metric_histories(reference, tiny_lab):
+    folder, first = reference
+    again = run_cli(*training_args(tiny_lab), f"trainer.epochs={EPOCHS}", cwd=folder)
+    assert again.returncode == 0, again.stderr[-3000:]
+    client = client_for(folder)
+    expected, actual = histories(client, first), histories(client, run_id_of(again.stdout))
+    assert len(expected["val_loss"]) == EPOCHS and "best_val_accuracy" in expected
+    assert actual == expected  # bit for bit, every metric at every epoch
+    other_seed = run_cli(*training_args(tiny_lab), "trainer.epochs=1", "seed=7", cwd=folder)
+    assert histories(client, run_id_of(other_seed.stdout))["train_loss"][0] != expected["train_loss"][0]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_numbers(reference, tiny_lab):
+    folder, uninterrupted = reference
+    output = signal_after_first_epoch(start((*training_args(tiny_lab), f"trainer.epochs={EPOCHS}"), folder),
+                                      signal.SIGKILL)  # fmt: skip
+    killed = run_id_of(output)
+    client = client_for(folder)
+    assert client.get_run(killed).info.status == "RUNNING"  # SIGKILL leaves no chance to close it
+    checkpoint = Path(client.get_run(killed).data.tags["checkpoint"])
+    saved = torch.load(checkpoint, weights_only=True)
+    assert 1 <= saved["epoch"] < EPOCHS and saved["run_id"] == killed
+
+    resumed = run_cli(f"resume={killed}", "trainer.progress=false", cwd=folder)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming run {killed}" in resumed.stdout and f"after epoch {saved['epoch']}" in resumed.stdout
+    run = client.get_run(killed)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == str(saved["epoch"])
+    assert histories(client, killed) == histories(client, uninterrupted)  # same run id, same numbers
+
+
+def test_sigterm_marks_the_run_killed_and_prints_how_to_resume_it_with_more_epochs(tiny_lab, tmp_path):
+    output = signal_after_first_epoch(start((*training_args(tiny_lab), "trainer.epochs=3"), tmp_path),
+                                      signal.SIGTERM)  # fmt: skip
+    run_id = run_id_of(output)
+    client = client_for(tmp_path)
+    assert "stopped by SIGTERM" in output and f"continue with: python run.py resume={run_id}" in output
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    longer = run_cli(f"resume={run_id}", "trainer.epochs=5", "trainer.progress=false", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [step for step, _ in histories(client, run_id)["val_accuracy"]] == [1, 2, 3, 4, 5]
+    again = run_cli(f"resume={run_id}", cwd=tmp_path)
+    assert again.returncode == 1
+    assert f"run {run_id} (" in again.stderr and "has trained 5 epochs; give trainer.epochs above 5" in again.stderr
+
+
+def test_resume_refuses_unknown_runs_and_settings_that_change_the_experiment(reference):
+    folder, run_id = reference
+    unknown = run_cli("resume=0123456789abcdef", cwd=folder)
+    assert unknown.returncode == 1
+    assert (
+        "error: resume=0123456789abcdef: no such run in sqlite:///mlflow.db" in unknown.stderr.strip().splitlines()[-1]
+    )
+    changed = run_cli(f"resume={run_id}", f"trainer.epochs={EPOCHS + 1}", "optim.lr=0.5", cwd=folder)
+    assert changed.returncode == 1
+    assert f"error: optim.lr=0.5: resume continues run {run_id} with its own config" in changed.stderr
+    assert client_for(folder).get_run(run_id).info.status == "FINISHED"  # untouched
+
+
+def test_a_diverging_loss_fails_the_run_naming_epoch_batch_and_lr(tiny_lab, tmp_path):
+    result = run_cli(*FAST, f"data.root={tiny_lab}", "trainer.epochs=3", "optim.lr=1e12", cwd=tmp_path)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "error: training loss became" in last_line and "(optim.lr=1e+12" in last_line, last_line
+    assert "in epoch 1, batch " in last_line and "lower optim.lr" in last_line
+    (run,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name("leukemia").experiment_id])
+    assert run.info.status == "FAILED"
