@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    trainer = OmegaConf.create({"amp": not args.no_amp, "channels_last": True})
+    trainer = OmegaConf.create({"amp": not args.no_amp, "channels_last": True, "deterministic": False})
     acceleration = Acceleration.for_device(trainer, device)
     data_cfg = OmegaConf.structured(DataConfig(name="bench", root="", crop_size=CROP, image_size=args.image_size,
                                                batch_size=args.batch_size, num_workers=args.workers,

@@ -31,7 +31,7 @@ def random_states() -> dict[str, Any]:
             "position": position,
             "has_gauss": has_gauss,
             "cached_gauss": cached_gauss,
-        },  # fmt: skip
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }

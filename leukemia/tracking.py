@@ -62,9 +62,6 @@ class Run:
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(params))
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        mlflow.set_tags(dict(tags))
-
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 

@@ -89,7 +89,7 @@ class Acceleration:
     @classmethod
     def for_device(cls, trainer_cfg: DictConfig, device: torch.device) -> Acceleration:
         on_cuda = device.type == "cuda"
-        torch.backends.cudnn.benchmark = on_cuda and not trainer_cfg.get("deterministic", False)
+        torch.backends.cudnn.benchmark = on_cuda and not trainer_cfg.deterministic
         return cls(amp=on_cuda and trainer_cfg.amp, channels_last=on_cuda and trainer_cfg.channels_last)
 
     @property

@@ -82,9 +82,9 @@ def resume_point(cfg: DictConfig) -> ResumePoint:
     return ResumePoint(record, run_cfg, state)
 
 
-def log_unlogged_epochs(run: Run, store: Store, history: dict[str, list[float]]) -> None:
+def log_unlogged_epochs(run: Run, uri: str, history: dict[str, list[float]]) -> None:
     """Log the checkpointed epochs whose metrics never reached MLflow (a run killed between writing an epoch's
     checkpoint and logging its metrics)."""
-    logged = len(store.history(run.id, "train_loss"))
+    logged = len(Store(uri).history(run.id, "train_loss"))
     for epoch in range(logged + 1, len(history["train_loss"]) + 1):
         run.log_metrics({key: values[epoch - 1] for key, values in history.items()}, step=epoch)

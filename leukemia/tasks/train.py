@@ -38,7 +38,7 @@ from leukemia.tasks.common import (
 )
 from leukemia.tasks.evaluate import evaluate_test
 from leukemia.tasks.resume import CHECKPOINT_TAG, log_unlogged_epochs, resume_point
-from leukemia.tracking import Run, Store, flatten, tracked_run
+from leukemia.tracking import Run, flatten, tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")  # a resume may raise trainer.epochs
         if resumed:
             progress = trainer.restore(resumed.state)
-            log_unlogged_epochs(run, Store(cfg.tracking.uri), progress.history)
+            log_unlogged_epochs(run, cfg.tracking.uri, progress.history)
         else:
             run.log_params(flatten(container) | trainer.balance_params)
             run.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
