@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from leukemia.augmentation import PixelAugmentation
-from leukemia.data import Batch, CellImages, SeededSampler, SkippedImage, decoding, epoch_order
+from leukemia.data import Batch, CellImages, SeededSampler, SkippedImage, decoding, epoch_order, worker_context
 from leukemia.errors import UserError
 from leukemia.manifest import Manifest
 
@@ -53,7 +53,12 @@ def cache_key(manifest: Manifest, crop_size: int, image_size: int) -> str:
 def _decode_into(target: np.ndarray, manifest: Manifest, crop_size: int, workers: int, skip_bad: bool) -> list[str]:
     """Fill ``target`` with the split's pixels, decoding in ``workers`` processes; returns what was skipped."""
     steps = decoding(crop_size, target.shape[-1])
-    loader = DataLoader(CellImages(manifest, steps, skip_bad), batch_size=None, num_workers=workers)
+    loader = DataLoader(
+        CellImages(manifest, steps, skip_bad),
+        batch_size=None,
+        num_workers=workers,
+        multiprocessing_context=worker_context(workers),
+    )
     skipped = {}
     for index, item in enumerate(loader):
         if isinstance(item, SkippedImage):
@@ -142,4 +147,5 @@ def decoded_loader(
     workers = num_workers if augment is not None else 0  # reading a batch alone is one memory copy
     return DataLoader(dataset, batch_size=None, sampler=SeededSampler(order, generator),
                       num_workers=workers, persistent_workers=workers > 0,
+                      multiprocessing_context=worker_context(workers),
                       pin_memory=torch.cuda.is_available())  # fmt: skip

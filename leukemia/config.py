@@ -226,8 +226,9 @@ class PlotConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "leukemia"
-    # Base address printed with each run's link; where `mlflow ui` listens.
-    ui_url: str = "http://127.0.0.1:5000"
+    # Base address of each run's printed link; null: the server at tracking.uri when it is http(s), else
+    # http://127.0.0.1:5000, where `mlflow ui` listens.
+    ui_url: str | None = None
 
 
 @dataclass

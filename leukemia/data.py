@@ -6,6 +6,7 @@ This module knows nothing of layouts or tracking: it reads whatever ``Manifest``
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -187,6 +188,12 @@ def epoch_order(dataset: Dataset, shuffle: bool, generator: torch.Generator, bal
     return RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
 
 
+def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | None:
+    """The platform's standard way to start loader workers. Needed where a job itself runs in a joblib (loky)
+    worker, whose default context cannot start them."""
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]) if num_workers > 0 else None
+
+
 def make_loader(
     manifest: Manifest,
     transform,
@@ -207,6 +214,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=SeededSampler(epoch_order(dataset, shuffle, generator, balanced, manifest.labels), generator),
         num_workers=num_workers,
+        multiprocessing_context=worker_context(num_workers),
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,

@@ -7,13 +7,18 @@ runs back (config, weights, metric histories) for evaluation and reports.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import torch
@@ -24,9 +29,79 @@ from mlflow.tracking import MlflowClient
 
 from leukemia.errors import UserError
 
+log = logging.getLogger(__name__)
+
 PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests a run under another in its UI
+LOCAL_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 # Reading a run's config and weights back would otherwise draw a progress bar per file.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+T = TypeVar("T")
+LOCKED = "database is locked"
+LOCK_PAUSES_S = (1, 2, 4, 8, 16)  # after each of sqlite's own 20-second waits (MLflow's busy_timeout)
+
+
+def retry_when_locked(action: Callable[..., T]) -> Callable[..., T]:
+    """Parallel sweep jobs share one sqlite file; a write that still finds it locked after sqlite's own wait is
+    tried again after a growing pause instead of failing the job's run."""
+
+    @functools.wraps(action)
+    def retried(*args: Any, **kwargs: Any) -> T:
+        for pause in LOCK_PAUSES_S:
+            try:
+                return action(*args, **kwargs)
+            except Exception as error:  # MLflow wraps sqlite's OperationalError in some calls, not in others
+                if LOCKED not in str(error):
+                    raise
+                log.warning("the tracking store is locked by another job; trying again in %d s", pause)
+                time.sleep(pause)
+        return action(*args, **kwargs)
+
+    return retried
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_base(uri: str, ui_url: str | None) -> str:
+    """Where a run's link points: ``ui_url`` if given, else the tracking server itself, else `mlflow ui`."""
+    return ui_url or (uri if is_server(uri) else LOCAL_UI_URL)
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with one line, when ``uri`` names a tracking server that does not answer (MLflow's
+    client would otherwise retry for minutes, after the data was read)."""
+    if not is_server(uri):
+        return
+    health = f"{uri.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s) as answer:
+            reply = answer.read(64).decode(errors="replace").strip()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(
+            f"tracking.uri={uri}: no MLflow server answers there ({reason}); start one (`mlflow server --host "
+            f'0.0.0.0 --port 5000`, see README "Scaling out") or fix tracking.uri'
+        ) from error
+    if reply != "OK":
+        raise UserError(f"tracking.uri={uri}: {health} answered {reply!r}, not an MLflow server's 'OK'; "
+                        f"fix tracking.uri")  # fmt: skip
+
+
+@retry_when_locked
+def ensure_experiment(uri: str, experiment: str) -> str:
+    """Create ``experiment`` at ``uri`` unless it exists (also creating an empty sqlite store's tables), once,
+    before parallel jobs would race to do it; returns its id."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment)
+    except MlflowException:  # another process created it meanwhile
+        return client.get_experiment_by_name(experiment).experiment_id
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -41,6 +116,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def run_link(ui_url: str, experiment_id: str, run_id: str) -> str:
+    """Deep link into the MLflow UI's runs table (not its default GenAI traces view)."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 class Run:
     """The open MLflow run: what a task logs goes through here."""
 
@@ -52,29 +132,40 @@ class Run:
 
     @property
     def link(self) -> str:
-        """Deep link into `mlflow ui`'s runs table (not its default GenAI traces view)."""
-        base = self.ui_url.rstrip("/")
-        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.id}?workflowType=machine_learning"
+        return run_link(self.ui_url, self.experiment_id, self.id)
 
+    @property
+    def where_to_look(self) -> str:
+        """The link, and for a local store the folder `mlflow ui` must be started in."""
+        local = "" if is_server(mlflow.get_tracking_uri()) else f" (start `mlflow ui` in {Path.cwd()} first)"
+        return f"open {self.link}{local}"
+
+    @retry_when_locked
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics(dict(metrics), step=step)
 
+    @retry_when_locked
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(params))
 
+    @retry_when_locked
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
+    @retry_when_locked
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         mlflow.log_dict(dict(data), artifact_file)
 
+    @retry_when_locked
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
 
+    @retry_when_locked
     def log_figure(self, figure: plt.Figure, artifact_file: str) -> None:
         mlflow.log_figure(figure, artifact_file)
         plt.close(figure)
 
+    @retry_when_locked
     def log_state_dict(self, state_dict: Mapping[str, torch.Tensor], artifact_file: str) -> None:
         """Save weights as a plain state_dict (loadable with torch.load(..., weights_only=True))."""
         artifact = Path(artifact_file)
@@ -90,7 +181,7 @@ def tracked_run(
     experiment: str,
     run_name: str,
     tags: Mapping[str, str],
-    ui_url: str,
+    ui_url: str | None,
     parent_run_id: str | None = None,
     reopen_run_id: str | None = None,
 ) -> Iterator[Run]:
@@ -98,21 +189,21 @@ def tracked_run(
     ``reopen_run_id`` (its tags updated with ``tags``); close it FINISHED, FAILED or KILLED."""
     mlflow.set_tracking_uri(uri)
     if reopen_run_id:
-        active = mlflow.start_run(run_id=reopen_run_id)
-        mlflow.set_tags(dict(tags))
+        active = retry_when_locked(mlflow.start_run)(run_id=reopen_run_id)
+        retry_when_locked(mlflow.set_tags)(dict(tags))
     else:
-        mlflow.set_experiment(experiment)
+        experiment_id = ensure_experiment(uri, experiment)
         tags = dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
-        active = mlflow.start_run(run_name=run_name, tags=tags)
+        active = retry_when_locked(mlflow.start_run)(experiment_id=experiment_id, run_name=run_name, tags=tags)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        yield Run(active, ui_url)
+        yield Run(active, ui_base(uri, ui_url))
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     finally:
-        mlflow.end_run(status=status)
+        retry_when_locked(mlflow.end_run)(status=status)
 
 
 @dataclass(frozen=True)
@@ -166,6 +257,10 @@ class Store:
             return []
         runs = self.client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
         return [_record(run) for run in runs]
+
+    @retry_when_locked
+    def tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
 
     def history(self, run_id: str, key: str) -> list[float]:
         """A metric's values by step (epoch)."""

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from leukemia.config import register_configs
@@ -22,9 +23,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 register_configs()
 
 
-def compose_config(*overrides: str, config_dir: Path = CONF):
+def compose_config(*overrides: str, config_dir: Path = CONF, return_hydra_config: bool = False):
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def separable_cell(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
@@ -115,6 +116,18 @@ def write_cnmc_tree(
 def tiny_lab(tmp_path_factory) -> Path:
     """A separable lab-layout set: 64 train, 32 valid, 8 test images of 40x40 px."""
     return write_lab_layout(tmp_path_factory.mktemp("lab"), {"train": 64, "valid": 32, "test": 8})
+
+
+def client_for(folder: Path) -> MlflowClient:
+    """The sqlite store a CLI run launched in ``folder`` writes to."""
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def runs_of(folder: Path) -> tuple[MlflowClient, list]:
+    """The client and every run of the default experiment in ``folder``'s store (none if it does not exist)."""
+    client = client_for(folder)
+    experiment = client.get_experiment_by_name("leukemia")
+    return client, client.search_runs([experiment.experiment_id]) if experiment else []
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -10,21 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
-from conftest import FAST, REPO, SHARED_DATA, run_cli, write_lab_layout
+from conftest import FAST, REPO, SHARED_DATA, run_cli, runs_of, write_lab_layout
 
 EPOCHS = 4
-
-
-def client_for(folder):
-    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-
-
-def runs_of(folder):
-    client = client_for(folder)
-    experiment = client.get_experiment_by_name("leukemia")
-    return client, client.search_runs([experiment.experiment_id]) if experiment else []
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from PIL import Image
 from sklearn import metrics as reference
 
 from leukemia.data import preprocessing
 from leukemia.models import build_model
 
-from conftest import FAST, run_cli, write_lab_layout
+from conftest import FAST, client_for, run_cli, write_lab_layout
 
 EPOCHS = 3
-
-
-def client_for(folder):
-    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
 
 
 def runs_by_kind(folder, kind):

@@ -11,14 +11,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST, run_cli
+from conftest import FAST, client_for, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
-
-
-def client_for(folder: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:

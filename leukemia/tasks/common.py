@@ -32,12 +32,26 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
+def in_sweep() -> bool:
+    """Whether this is a job of a sweep (``python run.py -m …``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_job_number() -> int:
+    """This job's number in a sweep, 0 for a single run."""
+    return HydraConfig.get().job.num if in_sweep() else 0
+
+
 def resolve_device(choice: Device) -> torch.device:
+    """The CPU, or a GPU: in a sweep, job i takes GPU i mod the visible count, so parallel jobs spread over the
+    GPUs that CUDA_VISIBLE_DEVICES shows (one GPU: they share it)."""
     if choice == Device.cuda and not torch.cuda.is_available():
         raise UserError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
     if choice == Device.cpu or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    device = torch.device("cuda", sweep_job_number() % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
 
 
 POSITIVE_KEYS = ("trainer.epochs", "data.batch_size", "data.crop_size", "data.image_size", "optim.lr")
@@ -184,4 +198,6 @@ def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
             tags["sweep_id"] = hydra_cfg.sweep.dir
             tags["sweep_job"] = str(hydra_cfg.job.num)
             name = f"{name}-job{hydra_cfg.job.num}"
+            if "study_name" in hydra_cfg.sweeper:  # an Optuna search: its jobs are the study's trials
+                tags["optuna_study"] = str(hydra_cfg.sweeper.study_name)
     return name, tags, overrides

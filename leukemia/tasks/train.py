@@ -6,7 +6,6 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -244,8 +243,9 @@ def _out_of_memory(cfg: DictConfig) -> UserError:
     )
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's validation metrics.
+def train(cfg: DictConfig) -> float:
+    """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's ``trainer.monitor``
+    value, what a hyper-parameter search optimises.
     With ``resume=<run id>``, continue that run from its last checkpoint."""
     resumed = resume_point(cfg) if cfg.resume else None
     cfg = resumed.cfg if resumed else cfg
@@ -310,6 +310,5 @@ def train(cfg: DictConfig) -> dict[str, float]:
             evaluate_test(trainer.runnable, cfg, splits.test, device, run, trainer.acceleration)
         if progress.skipped.seen:
             run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
-        log.info("best epoch %d: %s %.4f; open %s (start `mlflow ui` in %s first)",
-                 best.epoch, best.monitor.value, best.value, run.link, Path.cwd())  # fmt: skip
-    return best.metrics
+        log.info("best epoch %d: %s %.4f; %s", best.epoch, best.monitor.value, best.value, run.where_to_look)
+    return best.value

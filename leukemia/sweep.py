@@ -1,0 +1,100 @@
+"""What a sweep (``python run.py -m …``) does once, in the launching process, around its jobs.
+
+Hydra calls ``SweepCallback`` (named under ``hydra.callbacks`` in conf/config.yaml) before the launcher starts
+any job and after the last one ends, whatever the launcher: the basic one, joblib's parallel processes, or
+submitit's SLURM or local jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from leukemia.config import Monitor
+from leukemia.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+JOB_FAILURE_FILE = "job_failed.txt"  # in a failed job's output folder: its one-line error
+
+
+def record_job_failure(job_dir: Path, message: str) -> None:
+    """Leave a failed sweep job's error where the launching process finds it, whatever process or machine
+    (joblib, SLURM) ran the job."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / JOB_FAILURE_FILE).write_text(message + "\n")
+
+
+def job_failures(sweep_dir: Path) -> list[Path]:
+    return sorted(sweep_dir.rglob(JOB_FAILURE_FILE))
+
+
+def search_direction(monitor: str) -> str:
+    """Which way a search must push ``trainer.monitor``, the value task=train returns."""
+    return "minimize" if monitor == Monitor.val_loss else "maximize"
+
+
+def check_search_direction(config: DictConfig) -> None:
+    """An Optuna search must optimise the monitored metric the right way round."""
+    direction = config.hydra.sweeper.get("direction")
+    if direction is None:
+        return
+    monitor = Monitor(config.trainer.monitor).value
+    wanted = search_direction(monitor)
+    if str(direction).lower().removeprefix("direction.") != wanted:
+        raise UserError(
+            f"hydra.sweeper.direction={direction} with trainer.monitor={monitor}: each trial "
+            f"returns that metric, which must be {wanted}d; set hydra.sweeper.direction={wanted}"
+        )
+
+
+def report_best_trial(config: DictConfig, sweep_dir: str) -> None:
+    """Name the search's best trial as an MLflow run (with its link) and tag it ``best_trial=true``."""
+    from leukemia.tracking import Store, run_link, ui_base
+
+    store = Store(config.tracking.uri)
+    monitor = Monitor(config.trainer.monitor).value
+    trials = [run for run in store.runs(config.tracking.experiment)
+              if run.tags.get("sweep_id") == sweep_dir and f"best_{monitor}" in run.metrics]  # fmt: skip
+    if not trials:
+        log.warning("no finished trial of this search is in %s", config.tracking.uri)
+        return
+    pick = min if search_direction(monitor) == "minimize" else max
+    best = pick(trials, key=lambda run: run.metrics[f"best_{monitor}"])
+    store.tag(best.id, "best_trial", "true")
+    link = run_link(ui_base(config.tracking.uri, config.tracking.ui_url), best.experiment_id, best.id)
+    log.info("best trial of %d: %s, %s %.4f, overrides: %s; open %s", len(trials), best.name, monitor,
+             best.metrics[f"best_{monitor}"], best.tags.get("overrides", ""), link)  # fmt: skip
+
+
+class SweepCallback(Callback):
+    """Before any job: the tracking server answers, the MLflow experiment exists (so parallel jobs do not race
+    to create it, or an empty sqlite store's tables), and a search's direction fits ``trainer.monitor``. After
+    the last job: an Optuna search's best trial as a run, and exit 1 with the first error if any job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from leukemia.tracking import check_reachable, ensure_experiment
+
+        # Resolved once, now, and kept: ${now:} would give a later time at the end. Resolving it here also fixes
+        # the time for the launcher, which works on copies of this config.
+        self.sweep_dir = str(config.hydra.sweep.dir)
+        try:
+            check_search_direction(config)
+            check_reachable(config.tracking.uri)
+            ensure_experiment(config.tracking.uri, config.tracking.experiment)
+        except UserError as error:
+            sys.exit(f"error: {error.one_line()}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if "study_name" in config.hydra.sweeper:
+            report_best_trial(config, self.sweep_dir)
+        failed = job_failures(Path(self.sweep_dir))
+        if failed:
+            first = failed[0].read_text().strip().removeprefix("error: ")
+            sys.exit(f"error: {len(failed)} job(s) of the sweep failed, the first ({failed[0].parent}): {first}")
