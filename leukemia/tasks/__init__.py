@@ -7,7 +7,6 @@ the run FAILED.
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 from typing import Any
@@ -38,10 +37,10 @@ def run_task(cfg: DictConfig) -> Any:
         if not in_sweep():
             sys.exit(message)
         # A sweep's other jobs go on (parallel ones could not mark their runs if this process ended the sweep);
-        # the sweep ends with a summary and exit 1. NaN tells a hyper-parameter search the trial failed.
+        # the sweep ends with a summary and exit 1. No value tells a hyper-parameter search the trial failed.
         print(message, file=sys.stderr)
         record_job_failure(output_dir(), message)
-        return math.nan
+        return None
     except KeyboardInterrupt as stop:
         signum = getattr(stop, "signum", signal.SIGINT)
         print(f"stopped by {signal.Signals(signum).name} (an open MLflow run is marked KILLED)", file=sys.stderr)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, in one pass (a few minutes on one H100/H200):
+#   1. the benchmark (python -m leukemia.bench) for resnet18/50/152 at 350 px, bf16 + channels_last;
+#   2. reproducibility: two deterministic CUDA runs of the same config, every metric at every step compared;
+#   3. scale-out: three joblib sweep jobs sharing the GPU, on one sqlite store.
+#
+#   usage: scripts/gpu_check.sh [OUTPUT_DIR]       (from the repository root, with the package importable)
+# DEVICE=cpu IMAGES=16 BATCH=8 SIZE=64 DEPTHS=18 EPOCHS=1 tries the script on a machine without a GPU.
+set -uo pipefail
+out=$(realpath -m "${1:-gpu_check_out}")
+mkdir -p "$out"
+device=${DEVICE:-cuda}
+images=${IMAGES:-1024}
+batch=${BATCH:-64}
+size=${SIZE:-350}
+depths=${DEPTHS:-18 50 152}
+epochs=${EPOCHS:-2}
+workers=${WORKERS:-8}
+py=${PYTHON:-python3}
+work=$(mktemp -d)
+export HOME="$work/home" PYTHONUNBUFFERED=1  # a fresh demo set and decode cache
+repo=$PWD
+status=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+"$py" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())"
+
+step "1. benchmark: $images images, ${size}px, batch $batch, $workers workers"
+for depth in $depths; do
+  "$py" -m leukemia.bench --device "$device" --depth "$depth" --image-size "$size" --images "$images" \
+    --batch-size "$batch" --workers "$workers" --steps 20 2>&1 | tee "$out/bench_resnet$depth.txt" || status=1
+done
+
+step "2. two deterministic runs, same config, compared"
+cd "$work" || exit 1
+for name in first second; do
+  "$py" "$repo/run.py" trainer.device="$device" trainer.deterministic=true trainer.epochs="$epochs" \
+    trainer.progress=false run_name="deterministic-$name" > "$out/deterministic_$name.log" 2>&1 || status=1
+  tail -n 2 "$out/deterministic_$name.log"
+done
+"$py" - <<'EOF' | tee "$out/deterministic_compare.txt" || status=1
+import sys
+from mlflow.tracking import MlflowClient
+
+client = MlflowClient("sqlite:///mlflow.db")
+experiment = client.get_experiment_by_name("leukemia")
+runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+first, second = runs["deterministic-first"], runs["deterministic-second"]
+def history(run):
+    return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+            for key in run.data.metrics}
+a, b = history(first), history(second)
+differ = sorted(key for key in a if a[key] != b.get(key))
+print(f"device tag: {first.data.params.get('trainer.device')}; statuses {first.info.status}/{second.info.status}; "
+      f"{len(a)} metrics, {sum(len(v) for v in a.values())} values; differing: {differ or 'none'}")
+print("val_accuracy by epoch:", a["val_accuracy"])
+sys.exit(1 if differ or first.info.status != "FINISHED" else 0)
+EOF
+
+step "3. three parallel joblib jobs sharing the $device"
+"$py" "$repo/run.py" -m hydra/launcher=joblib hydra.launcher.n_jobs=3 optim.lr=0.1,0.01,0.001 \
+  trainer.device="$device" trainer.epochs="$epochs" trainer.progress=false tracking.experiment=sweep \
+  > "$out/joblib_sweep.log" 2>&1 || status=1
+grep -h "images, device" "$out/joblib_sweep.log"
+"$py" - <<'EOF' | tee "$out/joblib_compare.txt" || status=1
+import sys
+from mlflow.tracking import MlflowClient
+
+client = MlflowClient("sqlite:///mlflow.db")
+runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+for run in runs:
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    print(run.info.run_name, run.info.status, "val_accuracy steps", steps,
+          "best", round(run.data.metrics.get("best_val_accuracy", float("nan")), 4))
+sys.exit(0 if len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs) else 1)
+EOF
+cd "$repo" || exit 1
+rm -rf "$work"
+echo; echo "gpu_check: $([ $status = 0 ] && echo all passed || echo SOME CHECK FAILED)"
+exit $status
