@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import II, MISSING
 
 
 class Device(str, Enum):
@@ -125,8 +125,10 @@ class StepSchedulerConfig(SchedulerConfig):
 @dataclass
 class CosineSchedulerConfig(SchedulerConfig):
     name: str = "cosine"
-    # Minimum learning rate at the last epoch; the period is trainer.epochs.
+    # Minimum learning rate at the last epoch; the period is trainer.epochs less the warm-up.
     eta_min: float = 0.0
+    # Epochs of linear warm-up to optim.lr before the decay (a high peak rate from scratch needs a gentle start).
+    warmup_epochs: int = 0
 
 
 @dataclass
@@ -145,7 +147,8 @@ class DataConfig:
 
     name: str = MISSING
     root: str = MISSING
-    crop_size: int = MISSING
+    # Center crop in source pixels before resizing; null: no crop (a non-square image is padded to a square).
+    crop_size: int | None = MISSING
     image_size: int = MISSING
     batch_size: int = 32
     num_workers: int = 0
@@ -159,6 +162,11 @@ class DataConfig:
     cache: bool = True
     # At most this many images per split (a fixed class-stratified pick), for smoke runs; null = all.
     limit: int | None = None
+    # K-fold cross-validation: data.folds=K makes fold data.fold (0 … K-1) of the training pool (train and valid
+    # together) the validation split, stratified by class, whole subjects in one fold, drawn with fold_seed.
+    folds: int | None = None
+    fold: int = 0
+    fold_seed: int = II("seed")
 
 
 @dataclass
@@ -179,6 +187,13 @@ class DemoDataConfig(LabDataConfig):
     subjects_normal: int = 5
     images_per_subject: int = 60
     source_size: int = 128
+
+
+@dataclass
+class CsvDataConfig(DataConfig):
+    """A generic manifest: ``<root>/<manifest>`` with columns path,label[,subject][,split]."""
+
+    manifest: str = "labels.csv"
 
 
 @dataclass
@@ -204,6 +219,8 @@ class TrainerConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    # Cross-entropy with label smoothing for training (validation losses stay plain, to compare across runs).
+    label_smoothing: float = 0.0
     # Deterministic algorithms only, cuDNN autotuning off: same seed, same numbers on CUDA too, at some speed.
     # CPU runs repeat bit for bit either way.
     deterministic: bool = False
@@ -233,9 +250,10 @@ class TrackingConfig:
 
 @dataclass
 class PathsConfig:
-    # Where data=lab / data=cnmc look unless data.root is given; set them once in conf/local/default.yaml.
+    # Where data=lab / cnmc / csv look unless data.root is given; set them once in conf/local/default.yaml.
     lab_root: str = "data/lab"
     cnmc_root: str = "data/C-NMC_Leukemia"
+    csv_root: str = "data/cells"
     # Where the generated demo data set is cached.
     cache_dir: str = MISSING
 
@@ -264,7 +282,9 @@ class Config:
 
 
 # The schema of each data option, by its ``data.name``: how a stored config is typed again (task=eval).
-DATA_SCHEMAS: dict[str, type[DataConfig]] = {"lab": LabDataConfig, "demo": DemoDataConfig, "cnmc": CnmcDataConfig}
+DATA_SCHEMAS: dict[str, type[DataConfig]] = {
+    "lab": LabDataConfig, "demo": DemoDataConfig, "cnmc": CnmcDataConfig, "csv": CsvDataConfig,
+}  # fmt: skip
 
 
 def register_configs() -> None:
@@ -282,3 +302,4 @@ def register_configs() -> None:
     store.store(group="data", name="base_lab", node=LabDataConfig)
     store.store(group="data", name="base_demo", node=DemoDataConfig)
     store.store(group="data", name="base_cnmc", node=CnmcDataConfig)
+    store.store(group="data", name="base_csv", node=CsvDataConfig)

@@ -32,8 +32,24 @@ from leukemia.manifest import CLASS_NAMES, Manifest
 log = logging.getLogger(__name__)
 
 
+def pad_to_square(image: Image.Image) -> Image.Image:
+    """The image centred on a black square (the cells' background) as wide as its longer side."""
+    if image.width == image.height:
+        return image
+    side = max(image.size)
+    square = Image.new(image.mode, (side, side))
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return square
+
+
+def framing(crop_size: int | None, image_size: int) -> list:
+    """Center crop (``crop_size``) or, with none, a square pad; then resize to ``image_size``."""
+    first = transforms.CenterCrop(crop_size) if crop_size is not None else transforms.Lambda(pad_to_square)
+    return [first, transforms.Resize(image_size, antialias=True)]
+
+
 def preprocessing(
-    crop_size: int,
+    crop_size: int | None,
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
@@ -42,24 +58,24 @@ def preprocessing(
     """Center crop in source pixels, resize, (augment,) to tensor, normalise per channel.
 
     Images of any size work: one smaller than ``crop_size`` (or not square) is padded with black, the C-NMC
-    background, to the crop, and the crop is resized to ``image_size``.
+    background, to the crop, and the crop is resized to ``image_size``; without a crop size the whole image is
+    padded to a square and resized.
 
     The seed stopped at the tensor; normalising (ImageNet statistics by default) is what ImageNet weights
     expect, and without it BatchNorm's running statistics drift so far on these mostly-black images that
     evaluation-mode predictions collapse to one class after a few epochs.
     """
-    steps: list = [transforms.CenterCrop(crop_size), transforms.Resize(image_size, antialias=True)]
+    steps = framing(crop_size, image_size)
     if augmentation is not None:
         steps.append(augmentation)
     steps += [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]
     return transforms.Compose(steps)
 
 
-def decoding(crop_size: int, image_size: int) -> transforms.Compose:
-    """Center crop and resize to uint8 (3, size, size) tensors: the tensor pipeline's per-image part, and what
-    the decode cache stores."""
-    return transforms.Compose([transforms.CenterCrop(crop_size), transforms.Resize(image_size, antialias=True),
-                               transforms.PILToTensor()])  # fmt: skip
+def decoding(crop_size: int | None, image_size: int) -> transforms.Compose:
+    """Center crop (or square pad) and resize to uint8 (3, size, size) tensors: the tensor pipeline's per-image
+    part, and what the decode cache stores."""
+    return transforms.Compose([*framing(crop_size, image_size), transforms.PILToTensor()])
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")

@@ -1,8 +1,9 @@
 """Data layouts: how a folder on disk becomes the train/valid/test manifests.
 
 ``data=lab`` reads the course's CSVs, ``data=demo`` writes a lab-layout folder first and then reads it the same
-way, ``data=cnmc`` reads the published C-NMC 2019 tree (``cnmc.py``). A new layout is one function
-``data config -> Splits`` registered in ``LAYOUTS``; ``load_splits`` checks and limits whatever it returns.
+way, ``data=cnmc`` reads the published C-NMC 2019 tree (``cnmc.py``), ``data=csv`` a generic manifest. A new
+layout is one function ``data config -> Splits`` registered in ``LAYOUTS``; ``load_splits`` carves the
+cross-validation fold, then checks and limits whatever it returns.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from leukemia.manifest import (
     check_splits,
     first_few,
     limit_manifest,
+    merged,
     missing_files_error,
     read_csv_columns,
+    split_fold,
 )
 
 log = logging.getLogger(__name__)
@@ -105,14 +108,87 @@ def demo_splits(data_cfg: Any) -> Splits:
     return lab_splits(data_cfg)
 
 
-LAYOUTS = {"lab": lab_splits, "demo": demo_splits, "cnmc": cnmc_splits}
+MANIFEST_SPLITS = ("train", "valid", "test")
+DEFAULT_FOLDS = 5  # data=csv without a split column or data.folds: fold 0 of 5 validates
+
+
+def _rows_error(csv_path: Path, column: str, bad: pd.Series, rule: str) -> UserError:
+    rows = [f"row {index + 2} has '{value}'" for index, value in bad.items()]
+    return UserError(f"{csv_path}: '{column}' {rule}; {len(rows)} rows are not ({first_few(rows)})")
+
+
+def csv_splits(data_cfg: Any) -> Splits:
+    """A generic manifest, ``<root>/<manifest>``: ``path,label`` and optional ``subject`` and ``split`` columns;
+    paths relative to the CSV's folder. Rows without a split are in the training pool; no valid rows leave the
+    validation split to ``load_splits`` (a cross-validation fold)."""
+    root = Path(data_cfg.root)
+    if not root.is_dir():
+        raise UserError(
+            f"data.root={root}: no such folder; point data.root (or paths.csv_root) at the folder holding "
+            f"{data_cfg.manifest}"
+        )
+    csv_path = root / data_cfg.manifest
+    table = read_csv_columns(csv_path, ["path", "label"], "train")
+    split = table.get("split", pd.Series("", index=table.index)).fillna("").astype(str).str.strip().str.lower()
+    split = split.replace("", "train")
+    bad = split[~split.isin(MANIFEST_SPLITS)]
+    if not bad.empty:
+        raise _rows_error(csv_path, "split", table["split"][bad.index], "must be train, valid, test or empty")
+    subjects = None
+    if "subject" in table.columns and table["subject"].notna().any():
+        unnamed = table["subject"][table["subject"].isna()]
+        if not unnamed.empty:
+            raise _rows_error(csv_path, "subject", unnamed, "must name every row's subject, or none")
+        subjects = table["subject"].astype(str).tolist()
+    paths = [(csv_path.parent / str(value)).resolve() for value in table["path"]]
+    error = missing_files_error(paths, str(csv_path), f"'path' values are read relative to {csv_path.parent}")
+    if error:
+        raise error
+    whole = Manifest("all", paths, None, subjects, str(csv_path), table["path"].astype(str).tolist())
+
+    def rows(name: str, labelled: bool) -> Manifest | None:
+        index = [i for i, value in enumerate(split) if value == name]
+        if not index:
+            return None
+        labels = check_labels(table.iloc[index], "label", str(csv_path)) if labelled else None
+        return replace(whole.select(index, name=name), labels=labels)
+
+    test_labels = table["label"][split == "test"]
+    test = rows("test", labelled=test_labels.notna().all())
+    if test is not None and test.labels is None and test_labels.notna().any():
+        raise _rows_error(csv_path, "label", test_labels[test_labels.isna()], "must be given on all test rows or none")
+    train = rows("train", labelled=True)
+    if train is None:
+        raise UserError(f"{csv_path}: no training rows (split empty or 'train'); the train split needs images")
+    return Splits(train=train, valid=rows("valid", labelled=True), test=test)
+
+
+LAYOUTS = {"lab": lab_splits, "demo": demo_splits, "cnmc": cnmc_splits, "csv": csv_splits}
+
+
+def with_fold(splits: Splits, data_cfg: Any) -> Splits:
+    """With ``data.folds``: fold ``data.fold`` of the training pool (train and valid together) validates. A
+    layout that gave no validation split gets fold 0 of 5."""
+    folds, fold = data_cfg.folds, data_cfg.fold
+    if folds is None and splits.valid is not None:
+        return splits
+    if folds is None:
+        folds, fold = DEFAULT_FOLDS, 0
+        log.info("no validation rows and no data.folds: fold 0 of %d validates (set data.folds and data.fold to "
+                 "choose)", folds)  # fmt: skip
+    pool = splits.train if splits.valid is None else merged(splits.train, splits.valid, "train")
+    train, valid = split_fold(pool, folds, fold, data_cfg.fold_seed)
+    log.info("cross-validation: fold %d of %d validates (%d images), %d train (fold seed %d)",
+             fold, folds, len(valid), len(train), data_cfg.fold_seed)  # fmt: skip
+    return Splits(train=train, valid=valid, test=splits.test)
 
 
 def load_splits(data_cfg: Any) -> Splits:
-    """Manifests for the configured layout, checked (no pixels read), then cut to ``data.limit`` per split."""
+    """Manifests for the configured layout with its cross-validation fold, checked (no pixels read), then cut
+    to ``data.limit`` per split."""
     if data_cfg.limit is not None and data_cfg.limit < 1:
         raise UserError(f"data.limit={data_cfg.limit}: must be at least 1 image per split (or null for all)")
-    splits = LAYOUTS[data_cfg.name](data_cfg)
+    splits = with_fold(LAYOUTS[data_cfg.name](data_cfg), data_cfg)
     check_splits(splits)
     if data_cfg.limit is None:
         return splits

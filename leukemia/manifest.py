@@ -104,7 +104,7 @@ class Manifest:
 @dataclass(frozen=True)
 class Splits:
     train: Manifest
-    valid: Manifest
+    valid: Manifest | None  # None only between a layout that has none and the fold that ``load_splits`` carves
     test: Manifest | None
 
     def present(self) -> list[Manifest]:
@@ -211,6 +211,64 @@ def split_by_subject(pool: Manifest, val_fraction: float, seed: int) -> tuple[Ma
     in_validation = [subject in validation for subject in pool.subjects]
     train = pool.select([i for i, held in enumerate(in_validation) if not held], name="train")
     valid = pool.select([i for i, held in enumerate(in_validation) if held], name="valid")
+    return train, valid
+
+
+def merged(first: Manifest, second: Manifest, name: str) -> Manifest:
+    """Two labelled splits as one (the training pool that K-fold cross-validation divides)."""
+    both_subjects = first.subjects is not None and second.subjects is not None
+    both_ids = first.ids is not None and second.ids is not None
+    return Manifest(
+        name,
+        first.paths + second.paths,
+        (first.labels or []) + (second.labels or []),
+        first.subjects + second.subjects if both_subjects else None,
+        f"{first.source} + {second.source}",
+        first.ids + second.ids if both_ids else None,
+    )
+
+
+def fold_assignment(pool: Manifest, folds: int, seed: int) -> list[int]:
+    """Each row's fold, 0 … folds-1: stratified (each class spread evenly over the folds) and, when the pool has
+    subjects, grouped (a subject's images share one fold). Groups are dealt in a seeded order, largest first,
+    each to the fold that holds the fewest images of its class (then overall)."""
+    labels = pool.labels or []
+    groups: dict[tuple[int, str], list[int]] = {}
+    for row, label in enumerate(labels):
+        group = pool.subjects[row] if pool.subjects is not None else str(row)
+        groups.setdefault((label, group), []).append(row)
+    rng = np.random.default_rng(seed)
+    fold_of = [0] * len(labels)
+    totals = [0] * folds
+    for label, class_name in enumerate(CLASS_NAMES):
+        keys = [key for key in groups if key[0] == label]
+        if len(keys) < folds:
+            unit = "subjects" if pool.subjects is not None else "images"
+            raise UserError(
+                f"data.folds={folds}: {pool.source} has {len(keys)} '{class_name}' {unit} in its training pool; "
+                f"each fold needs one, so use data.folds={max(2, len(keys))} or fewer"
+            )
+        order = [keys[i] for i in rng.permutation(len(keys))]
+        order.sort(key=lambda key: -len(groups[key]))  # stable: ties keep the seeded order
+        in_class = [0] * folds
+        for key in order:
+            fold = min(range(folds), key=lambda f: (in_class[f], totals[f], f))
+            for row in groups[key]:
+                fold_of[row] = fold
+            in_class[fold] += len(groups[key])
+            totals[fold] += len(groups[key])
+    return fold_of
+
+
+def split_fold(pool: Manifest, folds: int, fold: int, seed: int) -> tuple[Manifest, Manifest]:
+    """(train, valid): fold ``fold`` of ``folds`` validates, the others train."""
+    if folds < 2:
+        raise UserError(f"data.folds={folds}: cross-validation needs at least 2 folds (or data.folds=null)")
+    if not 0 <= fold < folds:
+        raise UserError(f"data.fold={fold}: must be one of 0 … {folds - 1} (data.folds={folds})")
+    fold_of = fold_assignment(pool, folds, seed)
+    train = pool.select([row for row, f in enumerate(fold_of) if f != fold], name="train")
+    valid = pool.select([row for row, f in enumerate(fold_of) if f == fold], name="valid")
     return train, valid
 
 

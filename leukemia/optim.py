@@ -31,5 +31,13 @@ def build_scheduler(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs
     if scheduler_cfg.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, scheduler_cfg.step_size, scheduler_cfg.gamma)
     if scheduler_cfg.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=scheduler_cfg.eta_min)
+        warmup = scheduler_cfg.warmup_epochs
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, epochs - warmup), eta_min=scheduler_cfg.eta_min
+        )
+        if warmup == 0:
+            return decay
+        # optim.lr / (warmup + 1), rising linearly to optim.lr at epoch warmup + 1, then the cosine decay
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
     return None

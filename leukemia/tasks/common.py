@@ -55,16 +55,25 @@ def resolve_device(choice: Device) -> torch.device:
 
 
 POSITIVE_KEYS = ("trainer.epochs", "data.batch_size", "data.crop_size", "data.image_size", "optim.lr")
+OPTIONAL_KEYS = ("data.crop_size",)  # null is allowed: no crop
 
 
 def check_ranges(cfg: DictConfig) -> None:
     """Values the schema types cannot rule out: counts, sizes and the learning rate must be positive."""
     for key in POSITIVE_KEYS:
         value = OmegaConf.select(cfg, key)
-        if not value > 0:
+        if value is None and key in OPTIONAL_KEYS:
+            continue
+        if value is None or not value > 0:
             raise UserError(f"{key}={value}: must be greater than 0")
     if cfg.data.num_workers < 0:
         raise UserError(f"data.num_workers={cfg.data.num_workers}: must be 0 (load in the main process) or more")
+    if not 0 <= cfg.trainer.label_smoothing < 1:
+        raise UserError(f"trainer.label_smoothing={cfg.trainer.label_smoothing}: must be in [0, 1), e.g. 0.1")
+    warmup = OmegaConf.select(cfg, "scheduler.warmup_epochs", default=0)
+    if not 0 <= warmup < cfg.trainer.epochs:
+        raise UserError(f"scheduler.warmup_epochs={warmup}: must be 0 or more and less than trainer.epochs "
+                        f"({cfg.trainer.epochs})")  # fmt: skip
 
 
 def default_run_name(cfg: DictConfig) -> str:
@@ -188,6 +197,9 @@ def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
     if commit:
         tags["git_commit"] = commit
     name = default_run_name(cfg)
+    if cfg.data.folds is not None:  # a cross-validation fold: task=plot averages over the runs of all folds
+        tags |= {"fold": str(cfg.data.fold), "folds": str(cfg.data.folds)}
+        name = f"{name}-fold{cfg.data.fold}"
     overrides: list[str] = []
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()

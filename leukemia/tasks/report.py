@@ -91,6 +91,47 @@ def summary_table(runs: list[RunRecord], varying: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+CV_METRICS = ("val_accuracy", "val_balanced_accuracy", "val_f1_weighted", "val_accuracy_normal", "val_accuracy_all",
+              "val_loss")  # fmt: skip
+FOLD_PARAMS = ("data.fold",)  # what differs between the folds of one configuration
+
+
+def cv_summary(runs: list[RunRecord], varying: list[str]) -> pd.DataFrame | None:
+    """Cross-validation: per configuration (the runs that differ only in ``data.fold``), the number of folds and
+    the mean, sample standard deviation and worst fold (minimum; for the loss maximum) of each final-epoch
+    validation metric. None when no run is a fold."""
+    folded = [run for run in runs if "fold" in run.tags]
+    if not folded:
+        return None
+    configuration = [key for key in varying if key not in FOLD_PARAMS]
+    rows = []
+    for values, group in pd.DataFrame(
+        [{**{key: run.params.get(key, "") for key in configuration}, "run": run} for run in folded]
+    ).groupby(configuration or (lambda _: 0), sort=False):
+        members = list(group["run"])
+        row = dict(zip(configuration, values if isinstance(values, tuple) else (values,), strict=False))
+        row["folds"] = len(members)
+        for metric in CV_METRICS:
+            finals = np.array([run.metrics.get(f"final_{metric}", np.nan) for run in members])
+            row[f"{metric}_mean"] = float(np.mean(finals))
+            row[f"{metric}_std"] = float(np.std(finals, ddof=1)) if len(finals) > 1 else np.nan
+            row[f"{metric}_max" if metric == "val_loss" else f"{metric}_min"] = float(
+                np.max(finals) if metric == "val_loss" else np.min(finals)
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def readable(folds: pd.DataFrame) -> pd.DataFrame:
+    """The cross-validation table with each metric in one cell: ``mean ± std (worst fold)``."""
+    shown = folds[[column for column in folds.columns if not column.startswith(CV_METRICS)]].copy()
+    for metric in CV_METRICS:
+        worst = folds[f"{metric}_max" if metric == "val_loss" else f"{metric}_min"]
+        columns = zip(folds[f"{metric}_mean"], folds[f"{metric}_std"], worst, strict=True)
+        shown[metric] = [f"{mean:.4f} ± {std:.4f} (worst {bad:.4f})" for mean, std, bad in columns]
+    return shown
+
+
 def markdown(table: pd.DataFrame) -> str:
     """A GitHub-style Markdown table (numbers to 4 decimals, best_epoch as an integer)."""
 
@@ -135,6 +176,12 @@ def plot(cfg: DictConfig) -> dict[str, float]:
     table = summary_table(runs, varying)
     table.to_csv(folder / "summary.csv", index=False)
     (folder / "summary.md").write_text(markdown(table))
+    tables = ["summary.csv", "summary.md"]
+    folds = cv_summary(runs, varying)
+    if folds is not None:
+        folds.to_csv(folder / "cv_summary.csv", index=False)
+        (folder / "cv_summary.md").write_text(markdown(readable(folds)))
+        tables += ["cv_summary.csv", "cv_summary.md"]
     with tempfile.TemporaryDirectory() as scratch:
         matrices = confusion_matrices(store, runs, labels, Path(scratch))
     figures = {
@@ -152,8 +199,13 @@ def plot(cfg: DictConfig) -> dict[str, float]:
         for file_name, figure in figures.items():
             figure.savefig(folder / file_name, dpi=120)
             report.log_figure(figure, f"report/{file_name}")
-        for file_name in ("summary.csv", "summary.md"):
+        for file_name in tables:
             report.log_artifact(folder / file_name, "report")
         log.info("compared %d runs (%s):\n%s", len(runs), what, markdown(table))
+        if folds is not None:
+            if len(folds) == 1:  # one configuration: its cross-validated scores as the report's metrics
+                report.log_metrics({f"cv_{key}": value for key, value in folds.iloc[0].items()
+                                    if key.startswith(CV_METRICS) and not np.isnan(value)})  # fmt: skip
+            log.info("cross-validation, final epoch of each fold:\n%s", markdown(readable(folds)))
         log.info("report in %s and MLflow run %s: %s", folder, report.id, report.link)
     return {}

@@ -51,12 +51,14 @@ def build_feeds(cfg: DictConfig, splits: Splits, device: torch.device) -> tuple[
 
 
 def training_criterion(cfg: DictConfig, splits: Splits) -> tuple[nn.Module, dict[str, float]]:
-    """Cross-entropy, class-weighted when ``data.balance=loss``; also the weights as params to log."""
+    """Cross-entropy (with ``trainer.label_smoothing``), class-weighted when ``data.balance=loss``; also the
+    weights as params to log."""
+    smoothing = cfg.trainer.label_smoothing
     if cfg.data.balance != Balance.loss:
-        return nn.CrossEntropyLoss(), {}
+        return nn.CrossEntropyLoss(label_smoothing=smoothing), {}
     weights = class_weights(splits.train)
     params = {f"balance.weight_{name}": round(float(w), 6) for name, w in zip(CLASS_NAMES, weights, strict=True)}
-    return nn.CrossEntropyLoss(weight=weights), params
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing), params
 
 
 def log_dataset(run: Run, splits: Splits) -> None:
@@ -158,8 +160,11 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], improved: bo
 
 
 def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, list[float]]) -> None:
-    """End-of-run artifacts: best-epoch metrics, confusion matrix (figure + counts), curves, weights."""
+    """End-of-run artifacts: best- and final-epoch metrics, confusion matrix (figure + counts), curves, weights."""
     run.log_metrics({"best_epoch": best.epoch} | {f"best_{key}": value for key, value in best.metrics.items()})
+    # The last epoch's validation scores: what cross-validation reports, as picking an epoch by the validation
+    # fold would flatter it.
+    run.log_metrics({f"final_{key}": values[-1] for key, values in history.items() if key.startswith("val_")})
     title = f"{run_name}: validation, best epoch {best.epoch} by {best.monitor.value}"
     run.log_figure(confusion_matrix_figure(best.matrix, CLASS_NAMES, title), "figures/confusion_matrix.png")
     run.log_dict(confusion_counts(best.matrix, CLASS_NAMES, epoch=best.epoch), "figures/confusion_matrix.json")
