@@ -139,6 +139,13 @@ class AugmentationConfig:
     vflip_p: float = 0.0
     # Apply the transforms in a random order per image (torchvision RandomOrder), as the lab recipe does.
     random_order: bool = False
+    # Zoom about the centre by a factor drawn from [1 - scale_jitter, 1 + scale_jitter], with the rotation.
+    scale_jitter: float = 0.0
+    # Colour (stain) jitter after the geometric steps: brightness, contrast and saturation factors drawn from
+    # [1 - x, 1 + x], applied in that order.
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
 
 
 @dataclass

@@ -75,3 +75,20 @@ def test_fixed_order_when_random_order_is_off():
         transforms.RandomRotation,
         transforms.RandomHorizontalFlip,
     ]
+
+
+def test_zoom_and_colour_jitter_on_the_pil_path_are_an_affine_then_a_colour_jitter():
+    cfg = compose_config("augmentation.scale_jitter=0.1", "augmentation.brightness=0.2", "augmentation.saturation=0.3")
+    augmentation = build_augmentation(cfg.augmentation)
+    geometric, colour = augmentation.transforms  # colour after the geometry, so the black fill stays black
+    affine = next(step for step in geometric.transforms if isinstance(step, transforms.RandomAffine))
+    assert affine.degrees == [-20.0, 20.0] and affine.scale == (0.9, 1.1)
+    assert isinstance(colour, transforms.ColorJitter)
+    assert colour.brightness == (0.8, 1.2) and colour.saturation == (0.7, 1.3) and colour.contrast is None
+    only_colour = build_augmentation(compose_config("augmentation=none", "augmentation.contrast=0.1").augmentation)
+    assert [type(step) for step in only_colour.transforms] == [transforms.ColorJitter]
+
+
+def test_warm_up_then_cosine():
+    warm = lr_per_epoch("scheduler=cosine", "scheduler.warmup_epochs=2")
+    assert warm[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1]) and warm[3] < 0.1 and warm[-1] > 0

@@ -216,3 +216,41 @@ def test_the_benchmark_prints_its_table_and_a_json_last_line(tmp_path):
         summary["project_loader_images_per_s"] / summary["seed_loader_images_per_s"], rel=0.02
     )
     assert any(line.startswith("(a) loader, tensor pipeline") for line in lines)
+
+
+@pytest.mark.parametrize("kind", ["brightness", "contrast", "saturation"])
+def test_colour_jitter_matches_torchvision_for_its_draws(manifest, kind):
+    augment = augmenter(rotation_degrees=0, hflip_p=0, vflip_p=0, **{kind: 0.4})
+    image = decoding(40, 32)(Image.open(manifest.paths[1]).convert("RGB"))
+    out = augment(image.expand(8, -1, -1, -1), train=True)
+    factors = 0.6 + 0.8 * torch.rand(8, generator=torch.Generator().manual_seed(0))  # the draws, in order
+    adjust = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast, "saturation": TF.adjust_saturation}
+    for jittered, factor in zip(out, factors.tolist(), strict=True):
+        expected = TF.normalize(adjust[kind](image.float() / 255, factor), [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+        assert torch.allclose(jittered, expected, atol=1e-4), (kind, factor)
+    assert factors.min() < 0.8 and factors.max() > 1.2
+
+
+def test_zoom_in_the_loader_matches_torchvision_affine_for_its_draws(manifest, tmp_path):
+    pixels = decoded_split(manifest, 40, 32, tmp_path / "cache").pixels
+    out = pixel_augmenter(hflip_p=0, vflip_p=0, scale_jitter=0.2)(pixels, seed=5)
+    rng = np.random.default_rng(5)
+    angles, _, _, scales = rng.uniform(-20, 20, 10), rng.random(10), rng.random(10), rng.uniform(0.8, 1.2, 10)
+    for source, result, angle, scale in zip(pixels, out, angles, scales, strict=True):
+        # TF.affine turns the other way from TF.rotate on PIL images; RandomAffine draws both ways alike
+        expected = TF.affine(Image.fromarray(source.transpose(1, 2, 0)), -angle, [0, 0], scale, [0.0, 0.0])
+        same = (np.asarray(expected).transpose(2, 0, 1) == result).all(axis=0).mean()
+        assert same > 0.97, (angle, scale, same)
+    assert scales.min() < 0.9 and scales.max() > 1.1
+
+
+def test_zoom_on_the_device_matches_torchvision_affine_for_its_draws(manifest):
+    augment = augmenter(rotation_degrees=0, hflip_p=0, vflip_p=0, scale_jitter=0.2)
+    image = decoding(40, 32)(Image.open(manifest.paths[1]).convert("RGB"))
+    out = augment(image.expand(8, -1, -1, -1), train=True)
+    draws = torch.rand(16, generator=torch.Generator().manual_seed(0))
+    scales = (0.8 + 0.4 * draws[8:]).tolist()  # after the (zero) angles
+    for zoomed, scale in zip(out, scales, strict=True):
+        expected = reference_tensor(TF.affine(TF.to_pil_image(image), 0.0, [0, 0], scale, [0.0, 0.0]))
+        same = torch.isclose(zoomed, expected, atol=1e-5).all(dim=0).float().mean()
+        assert same > 0.95, (scale, same)
