@@ -31,7 +31,7 @@ def test_group_options_are_the_documented_ones():
     assert options("scheduler") == ["cosine", "none", "step"]
     assert options("augmentation") == ["lab", "none"]
     assert options("data") == ["cnmc", "csv", "demo", "lab"]
-    assert options("experiment") == ["lab3_resnet152", "lab3_resnet18", "lab3_resnet50"]
+    assert options("experiment") == ["allidb2_cv", "lab3_resnet152", "lab3_resnet18", "lab3_resnet50"]
 
 
 def test_defaults_run_the_demo_with_the_lab_recipe_optimizer():
