@@ -79,14 +79,19 @@ def with_test_labels(test: Manifest, labels_csv: Path) -> Manifest:
     return replace(test, labels=[labels[identifier] for identifier in test.identifiers()], subjects=subjects)
 
 
-def lab_splits(data_cfg: Any) -> Splits:
-    """The course layout: ``train.csv``/``valid.csv`` with labels, the test CSV (optional) without."""
+def data_root(data_cfg: Any, paths_key: str, holding: str) -> Path:
+    """``data.root``, or the one-line error naming it and the ``paths`` key that sets it by default."""
     root = Path(data_cfg.root)
     if not root.is_dir():
         raise UserError(
-            f"data.root={root}: no such folder; point data.root (or paths.lab_root) at the folder holding "
-            f"{data_cfg.train_csv}, or try data=demo"
+            f"data.root={root}: no such folder; point data.root (or paths.{paths_key}) at the folder holding {holding}"
         )
+    return root
+
+
+def lab_splits(data_cfg: Any) -> Splits:
+    """The course layout: ``train.csv``/``valid.csv`` with labels, the test CSV (optional) without."""
+    root = data_root(data_cfg, "lab_root", f"{data_cfg.train_csv}, or try data=demo")
     test_csv = root / data_cfg.test_csv
     test = None
     if test_csv.is_file():
@@ -121,13 +126,7 @@ def csv_splits(data_cfg: Any) -> Splits:
     """A generic manifest, ``<root>/<manifest>``: ``path,label`` and optional ``subject`` and ``split`` columns;
     paths relative to the CSV's folder. Rows without a split are in the training pool; no valid rows leave the
     validation split to ``load_splits`` (a cross-validation fold)."""
-    root = Path(data_cfg.root)
-    if not root.is_dir():
-        raise UserError(
-            f"data.root={root}: no such folder; point data.root (or paths.csv_root) at the folder holding "
-            f"{data_cfg.manifest}"
-        )
-    csv_path = root / data_cfg.manifest
+    csv_path = data_root(data_cfg, "csv_root", data_cfg.manifest) / data_cfg.manifest
     table = read_csv_columns(csv_path, ["path", "label"], "train")
     split = table.get("split", pd.Series("", index=table.index)).fillna("").astype(str).str.strip().str.lower()
     split = split.replace("", "train")
