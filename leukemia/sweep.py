@@ -32,7 +32,8 @@ def record_job_failure(job_dir: Path, message: str) -> None:
 
 
 def job_failures(sweep_dir: Path) -> list[Path]:
-    return sorted(sweep_dir.rglob(JOB_FAILURE_FILE))
+    """The sweep's failure files, the earliest first."""
+    return sorted(sweep_dir.rglob(JOB_FAILURE_FILE), key=lambda path: path.stat().st_mtime)
 
 
 def search_direction(monitor: str) -> str:

@@ -12,6 +12,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,28 +97,31 @@ CV_METRICS = ("val_accuracy", "val_balanced_accuracy", "val_f1_weighted", "val_a
 FOLD_PARAMS = ("data.fold",)  # what differs between the folds of one configuration
 
 
+def worst_fold(metric: str) -> tuple[str, Any]:
+    """The column for a metric's worst fold and how to find it: the highest loss, the lowest score."""
+    return (f"{metric}_max", np.max) if metric == "val_loss" else (f"{metric}_min", np.min)
+
+
 def cv_summary(runs: list[RunRecord], varying: list[str]) -> pd.DataFrame | None:
     """Cross-validation: per configuration (the runs that differ only in ``data.fold``), the number of folds and
-    the mean, sample standard deviation and worst fold (minimum; for the loss maximum) of each final-epoch
-    validation metric. None when no run is a fold."""
-    folded = [run for run in runs if "fold" in run.tags]
-    if not folded:
-        return None
+    the mean, sample standard deviation and worst fold of each final-epoch validation metric. None when no run
+    is a fold."""
     configuration = [key for key in varying if key not in FOLD_PARAMS]
+    groups: dict[tuple[str, ...], list[RunRecord]] = {}
+    for run in runs:
+        if "fold" in run.tags:
+            groups.setdefault(tuple(run.params.get(key, "") for key in configuration), []).append(run)
+    if not groups:
+        return None
     rows = []
-    for values, group in pd.DataFrame(
-        [{**{key: run.params.get(key, "") for key in configuration}, "run": run} for run in folded]
-    ).groupby(configuration or (lambda _: 0), sort=False):
-        members = list(group["run"])
-        row = dict(zip(configuration, values if isinstance(values, tuple) else (values,), strict=False))
-        row["folds"] = len(members)
+    for values, members in groups.items():
+        row: dict[str, Any] = dict(zip(configuration, values, strict=True)) | {"folds": len(members)}
         for metric in CV_METRICS:
             finals = np.array([run.metrics.get(f"final_{metric}", np.nan) for run in members])
             row[f"{metric}_mean"] = float(np.mean(finals))
             row[f"{metric}_std"] = float(np.std(finals, ddof=1)) if len(finals) > 1 else np.nan
-            row[f"{metric}_max" if metric == "val_loss" else f"{metric}_min"] = float(
-                np.max(finals) if metric == "val_loss" else np.min(finals)
-            )
+            column, worst = worst_fold(metric)
+            row[column] = float(worst(finals))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -126,8 +130,7 @@ def readable(folds: pd.DataFrame) -> pd.DataFrame:
     """The cross-validation table with each metric in one cell: ``mean ± std (worst fold)``."""
     shown = folds[[column for column in folds.columns if not column.startswith(CV_METRICS)]].copy()
     for metric in CV_METRICS:
-        worst = folds[f"{metric}_max" if metric == "val_loss" else f"{metric}_min"]
-        columns = zip(folds[f"{metric}_mean"], folds[f"{metric}_std"], worst, strict=True)
+        columns = zip(folds[f"{metric}_mean"], folds[f"{metric}_std"], folds[worst_fold(metric)[0]], strict=True)
         shown[metric] = [f"{mean:.4f} ± {std:.4f} (worst {bad:.4f})" for mean, std, bad in columns]
     return shown
 
