@@ -34,7 +34,7 @@ def test_group_options_are_the_documented_ones():
     assert options("experiment") == ["allidb2_cv", "lab3_resnet152", "lab3_resnet18", "lab3_resnet50"]
 
 
-def test_defaults_run_the_demo_with_the_lab_recipe_optimizer():
+def test_defaults_run_the_demo_with_the_measured_recipe():
     cfg = compose_config()
     assert (cfg.model.name, cfg.data.name, cfg.augmentation.name, cfg.task) == (
         "resnet18",
@@ -44,18 +44,24 @@ def test_defaults_run_the_demo_with_the_lab_recipe_optimizer():
     )
     assert cfg.tracking.uri == "sqlite:///mlflow.db" and cfg.tracking.experiment == "leukemia"
     assert cfg.trainer.device == "auto"
+    optim = cfg.optim
+    assert (optim.name, optim.lr, optim.momentum, optim.nesterov, optim.weight_decay) == ("sgd", 0.05, 0.9, True, 5e-4)
+    assert (cfg.scheduler.name, cfg.scheduler.warmup_epochs, cfg.scheduler.eta_min) == ("cosine", 3, 0.0)
+    assert cfg.trainer.label_smoothing == 0.1
 
 
 @pytest.mark.parametrize("depth", [18, 50, 152])
 def test_experiment_presets_hold_the_seed_recipe(depth):
     cfg = compose_config(f"experiment=lab3_resnet{depth}")
     assert cfg.model.depth == depth and cfg.data.name == "lab"
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.nesterov) == (
         "sgd",
         1e-3,
         0.9,
         1e-5,
+        False,
     )
+    assert (cfg.scheduler.name, cfg.trainer.label_smoothing) == ("none", 0.0)
     assert (cfg.data.batch_size, cfg.trainer.epochs, cfg.data.crop_size) == (32, 120, 350)
     assert cfg.data.test_csv == f"resnet_{depth}_test.csv"
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torchvision import transforms
@@ -15,7 +17,7 @@ def parameters():
 @pytest.mark.parametrize(
     "option,torch_class,expected",
     [
-        ("sgd", torch.optim.SGD, {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-5}),
+        ("sgd", torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}),
         ("adam", torch.optim.Adam, {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0}),
         ("adamw", torch.optim.AdamW, {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01}),
     ],
@@ -50,7 +52,7 @@ def test_schedulers_shape_the_learning_rate_per_epoch():
     assert lr_per_epoch("scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5") == pytest.approx(
         [0.1, 0.1, 0.05, 0.05]
     )
-    cosine = lr_per_epoch("scheduler=cosine")
+    cosine = lr_per_epoch("scheduler=cosine", "scheduler.warmup_epochs=0")
     assert cosine[0] == 0.1 and all(a > b for a, b in zip(cosine, cosine[1:], strict=False)) and cosine[-1] > 0
 
 
@@ -92,3 +94,11 @@ def test_zoom_and_colour_jitter_on_the_pil_path_are_an_affine_then_a_colour_jitt
 def test_warm_up_then_cosine():
     warm = lr_per_epoch("scheduler=cosine", "scheduler.warmup_epochs=2")
     assert warm[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1]) and warm[3] < 0.1 and warm[-1] > 0
+
+
+def test_the_default_warm_up_takes_at_most_half_the_run():
+    assert lr_per_epoch(epochs=10)[:5] == pytest.approx(
+        [0.025, 0.05, 0.075, 0.1, 0.1 * (1 + math.cos(math.pi / 7)) / 2]
+    )
+    assert lr_per_epoch(epochs=3) == pytest.approx([0.05, 0.1, 0.05])
+    assert lr_per_epoch(epochs=1) == [0.1]

@@ -127,7 +127,8 @@ def test_a_diverging_loss_fails_the_run_naming_epoch_batch_and_lr(tiny_lab, tmp_
     result = run_cli(*FAST, f"data.root={tiny_lab}", "trainer.epochs=3", "optim.lr=1e12", cwd=tmp_path)
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
-    assert "error: training loss became" in last_line and "(optim.lr=1e+12" in last_line, last_line
+    assert "error: training loss became" in last_line and "optim.lr=1e+12," in last_line, last_line
+    assert "(learning rate 5e+11 that epoch" in last_line  # a 3-epoch run warms up over 1 epoch, from lr / 2
     assert "in epoch 1, batch " in last_line and "lower optim.lr" in last_line
     (run,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name("leukemia").experiment_id])
     assert run.info.status == "FAILED"

@@ -71,9 +71,8 @@ def check_ranges(cfg: DictConfig) -> None:
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise UserError(f"trainer.label_smoothing={cfg.trainer.label_smoothing}: must be in [0, 1), e.g. 0.1")
     warmup = OmegaConf.select(cfg, "scheduler.warmup_epochs", default=0)
-    if not 0 <= warmup < cfg.trainer.epochs:
-        raise UserError(f"scheduler.warmup_epochs={warmup}: must be 0 or more and less than trainer.epochs "
-                        f"({cfg.trainer.epochs})")  # fmt: skip
+    if warmup < 0:
+        raise UserError(f"scheduler.warmup_epochs={warmup}: must be 0 or more (it is cut to half of trainer.epochs)")
 
 
 def default_run_name(cfg: DictConfig) -> str:

@@ -226,8 +226,8 @@ class Trainer:
                                 f"epoch {epoch} train", prepare=self.train_feed.prepare, **common)  # fmt: skip
         except NonFiniteLoss as error:
             raise UserError(
-                f"training loss became {error.loss} in epoch {epoch}, batch {error.batch} (optim.lr={lr:g}, "
-                f"data.batch_size={cfg.data.batch_size}); lower optim.lr"
+                f"training loss became {error.loss} in epoch {epoch}, batch {error.batch} (learning rate {lr:g} "
+                f"that epoch, optim.lr={cfg.optim.lr:g}, data.batch_size={cfg.data.batch_size}); lower optim.lr"
             ) from error
         validated = run_epoch(self.runnable, self.val_feed.loader, self.eval_criterion, self.device, None,
                               f"epoch {epoch} valid", prepare=self.val_feed.prepare, **common)  # fmt: skip
