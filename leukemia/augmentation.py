@@ -17,7 +17,7 @@ from torchvision import transforms
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # luma weights as torchvision's rgb_to_grayscale uses them
 
 
-def colour_jitter(aug_cfg: Any) -> bool:
+def has_colour_jitter(aug_cfg: Any) -> bool:
     return aug_cfg.brightness > 0 or aug_cfg.contrast > 0 or aug_cfg.saturation > 0
 
 
@@ -34,7 +34,7 @@ def build_augmentation(aug_cfg: Any) -> transforms.Compose | None:
     if aug_cfg.vflip_p > 0:
         steps.append(transforms.RandomVerticalFlip(aug_cfg.vflip_p))
     geometric = transforms.RandomOrder(steps) if aug_cfg.random_order else transforms.Compose(steps)
-    if not colour_jitter(aug_cfg):
+    if not has_colour_jitter(aug_cfg):
         return geometric if steps else None
     colour = transforms.ColorJitter(aug_cfg.brightness, aug_cfg.contrast, aug_cfg.saturation)
     return transforms.Compose([geometric, colour] if steps else [colour])

@@ -127,7 +127,8 @@ class CosineSchedulerConfig(SchedulerConfig):
     name: str = "cosine"
     # Minimum learning rate at the last epoch; the period is trainer.epochs less the warm-up.
     eta_min: float = 0.0
-    # Epochs of linear warm-up to optim.lr before the decay (a high peak rate from scratch needs a gentle start).
+    # Epochs of linear warm-up to optim.lr before the decay (a high peak rate from scratch needs a gentle start);
+    # cut to half of trainer.epochs in shorter runs.
     warmup_epochs: int = 0
 
 

@@ -31,7 +31,8 @@ def build_scheduler(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs
     if scheduler_cfg.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, scheduler_cfg.step_size, scheduler_cfg.gamma)
     if scheduler_cfg.name == "cosine":
-        warmup = cosine_warmup_epochs(scheduler_cfg, epochs)
+        # at most half the run, so that the default 3-epoch warm-up leaves a short run (trainer.epochs=2) time to decay
+        warmup = min(scheduler_cfg.warmup_epochs, epochs // 2)
         decay = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, epochs - warmup), eta_min=scheduler_cfg.eta_min
         )
@@ -41,9 +42,3 @@ def build_scheduler(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs
         ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
         return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
     return None
-
-
-def cosine_warmup_epochs(scheduler_cfg: Any, epochs: int) -> int:
-    """The warm-up actually used: ``scheduler.warmup_epochs``, but at most half the run, so that the default
-    3-epoch warm-up leaves a short run (a smoke test, ``trainer.epochs=2``) time to decay."""
-    return min(scheduler_cfg.warmup_epochs, epochs // 2)
