@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from leukemia.cli import run_reporting_one_line
 from leukemia.config import register_configs
 
 register_configs()
@@ -23,4 +24,4 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_one_line(main)

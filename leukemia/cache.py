@@ -23,7 +23,16 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from leukemia.augmentation import PixelAugmentation
-from leukemia.data import Batch, CellImages, SeededSampler, SkippedImage, decoding, epoch_order, worker_context
+from leukemia.data import (
+    Batch,
+    CellImages,
+    SeededSampler,
+    SkippedImage,
+    decoding,
+    epoch_order,
+    quiet_worker,
+    worker_context,
+)
 from leukemia.errors import UserError
 from leukemia.manifest import Manifest
 
@@ -58,6 +67,7 @@ def _decode_into(target: np.ndarray, manifest: Manifest, crop_size: int, workers
         batch_size=None,
         num_workers=workers,
         multiprocessing_context=worker_context(workers),
+        worker_init_fn=quiet_worker,
     )
     skipped = {}
     for index, item in enumerate(loader):
@@ -147,5 +157,5 @@ def decoded_loader(
     workers = num_workers if augment is not None else 0  # reading a batch alone is one memory copy
     return DataLoader(dataset, batch_size=None, sampler=SeededSampler(order, generator),
                       num_workers=workers, persistent_workers=workers > 0,
-                      multiprocessing_context=worker_context(workers),
+                      multiprocessing_context=worker_context(workers), worker_init_fn=quiet_worker,
                       pin_memory=torch.cuda.is_available())  # fmt: skip

@@ -7,8 +7,12 @@ plain Python value, so it loads with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,8 @@ import torch
 from leukemia.errors import UserError
 
 FORMAT_VERSION = 1
+CHECKPOINT_NAME = "last.pt"  # in checkpoints/<run id>/ of the job's output folder
+LOCK_FILE = "training.lock"  # held by the process training the run
 
 
 def random_states() -> dict[str, Any]:
@@ -48,15 +54,55 @@ def restore_random_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def write_error(error: BaseException, path: Path) -> UserError | None:
+    """A failed write as one line naming the file and the cause ("No space left on device"), when the cause is
+    the file system's (torch reports it as its own RuntimeError, with the OSError as context)."""
+    cause = error if isinstance(error, OSError) else error.__context__
+    if not isinstance(cause, OSError) or cause.strerror is None:
+        return None
+    return UserError(f"{path}: {cause.strerror.lower()} while writing the checkpoint; free space there or point "
+                     f"hydra.run.dir (hydra.sweep.dir) at another disk")  # fmt: skip
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file, then rename); a failed write leaves the previous
+    checkpoint and no partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
-        torch.save({"format": FORMAT_VERSION} | state, partial)
+        with open(partial, "wb") as file:
+            torch.save({"format": FORMAT_VERSION} | state, file)
         os.replace(partial, path)
+    except (OSError, RuntimeError) as error:
+        message = write_error(error, path)
+        if message is None:
+            raise
+        raise message from error
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def claimed(folder: Path, run_id: str) -> Iterator[None]:
+    """Hold run ``run_id``'s checkpoint folder while it trains (an exclusive lock on a file in it, which the
+    system releases when the process ends, however it ends): a second process continuing the same run is
+    refused instead of both writing the same checkpoint and logging the same epochs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK_FILE
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise UserError(
+                f"resume={run_id}: the run is still training ({holder} holds {lock_path}); stop that process first "
+                f"(Ctrl-C, or kill it) or let it finish"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

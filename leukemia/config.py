@@ -1,15 +1,22 @@
 """Typed schemas for every config group, registered in Hydra's ConfigStore.
 
-The YAML files in conf/ pick one of these schemas through their defaults list (e.g. ``- base_sgd``), so a
-wrong type (``optim.lr=abc``) or an unknown key (``optim.lrr=0.1``) fails while Hydra composes the config,
-before any data is read or any run is opened.
+The YAML files in conf/ pick one of these schemas through their defaults list (e.g. ``- /schema_sgd@_here_``),
+so a wrong type (``optim.lr=abc``) or an unknown key (``optim.lrr=0.1``) fails while Hydra composes the config.
+Each field's default is written here once, with the rule its values obey (``checked``); ``check_config``
+applies the rules, and refuses keys no schema knows, before any data is read or any run is opened.
 """
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from leukemia.errors import UserError
 
 
 class Device(str, Enum):
@@ -74,40 +81,87 @@ class Monitor(str, Enum):
     val_loss = "val_loss"
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What a value must satisfy, beyond its type; ``requirement`` ends the one-line error."""
+
+    holds: Callable[[Any], bool]
+    requirement: str
+
+
+def checked(default: Any = MISSING, rule: Rule | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A schema field with its default and the rule its values obey (None: null is always allowed)."""
+    metadata = {"rule": rule} if rule else {}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+POSITIVE = Rule(lambda v: v > 0, "must be greater than 0")
+NOT_NEGATIVE = Rule(lambda v: v >= 0, "must be 0 or more")
+AT_LEAST_2 = Rule(lambda v: v >= 2, "must be at least 2")
+PROBABILITY = Rule(lambda v: 0 <= v <= 1, "must be between 0 and 1")
+BELOW_1 = Rule(lambda v: 0 <= v < 1, "must be in [0, 1), e.g. 0.1")
+FRACTION = Rule(lambda v: 0 < v < 1, "must be between 0 and 1, both excluded (e.g. 0.2)")
+SEED = Rule(lambda v: 0 <= v < 2**32, "must be between 0 and 2**32 - 1")
+DEGREES = Rule(lambda v: 0 <= v <= 180, "must be between 0 and 180 (degrees either way)")
+TEXT = Rule(lambda v: bool(str(v).strip()), "must not be empty")
+PER_CHANNEL = Rule(
+    lambda v: len(v) == 3 and all(0 <= x <= 1 for x in v), "must be 3 values in [0, 1], one per channel (RGB)"
+)
+PER_CHANNEL_SPREAD = Rule(
+    lambda v: len(v) == 3 and all(x > 0 for x in v), "must be 3 values above 0, one per channel (RGB)"
+)
+RUN_IDS = Rule(lambda v: all(str(x).strip() for x in v), "must list run ids, none empty")
+TRACKING_URI = Rule(
+    lambda v: str(v).startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql", "databricks")),
+    "must be sqlite:///<file>, http(s)://<server> or a database URI (postgresql://, mysql://, mssql://)",
+)
+WEB_ADDRESS = Rule(lambda v: str(v).startswith(("http://", "https://")), "must be an http(s):// address")
+
+
+def _depths() -> tuple[int, ...]:
+    from leukemia.models import ARCHITECTURES  # imported when checked: composing a config needs no torch
+
+    return tuple(ARCHITECTURES)
+
+
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    depth: int = MISSING
-    num_classes: int = 2
+    name: str = checked(rule=TEXT)
+    depth: int = checked(
+        rule=Rule(lambda v: v in _depths(), "must be a depth that leukemia.models builds (ARCHITECTURES: 18, 50, 152)")
+    )
+    num_classes: int = checked(2, AT_LEAST_2)
     # Optional path to a torchvision-format state_dict (e.g. ImageNet weights) to start from.
-    weights: str | None = None
+    weights: str | None = checked(None, TEXT)
 
 
 @dataclass
 class OptimConfig:
     name: str = MISSING
-    lr: float = MISSING
-    weight_decay: float = 0.0
+    lr: float = checked(rule=POSITIVE)
+    weight_decay: float = checked(0.0, NOT_NEGATIVE)
 
 
 @dataclass
 class SGDConfig(OptimConfig):
     name: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = checked(0.9, BELOW_1)
+    nesterov: bool = False  # needs momentum > 0
 
 
 @dataclass
 class AdamConfig(OptimConfig):
     name: str = "adam"
-    beta1: float = 0.9
-    beta2: float = 0.999
+    beta1: float = checked(0.9, BELOW_1)
+    beta2: float = checked(0.999, BELOW_1)
 
 
 @dataclass
 class AdamWConfig(AdamConfig):
     name: str = "adamw"
-    weight_decay: float = 0.01
+    weight_decay: float = checked(0.01, NOT_NEGATIVE)
 
 
 @dataclass
@@ -118,35 +172,35 @@ class SchedulerConfig:
 @dataclass
 class StepSchedulerConfig(SchedulerConfig):
     name: str = "step"
-    step_size: int = 30
-    gamma: float = 0.1
+    step_size: int = checked(30, POSITIVE)
+    gamma: float = checked(0.1, POSITIVE)
 
 
 @dataclass
 class CosineSchedulerConfig(SchedulerConfig):
     name: str = "cosine"
     # Minimum learning rate at the last epoch; the period is trainer.epochs less the warm-up.
-    eta_min: float = 0.0
+    eta_min: float = checked(0.0, NOT_NEGATIVE)
     # Epochs of linear warm-up to optim.lr before the decay (a high peak rate from scratch needs a gentle start);
     # cut to half of trainer.epochs in shorter runs.
-    warmup_epochs: int = 0
+    warmup_epochs: int = checked(0, NOT_NEGATIVE)
 
 
 @dataclass
 class AugmentationConfig:
-    name: str = MISSING
-    rotation_degrees: float = 0.0
-    hflip_p: float = 0.0
-    vflip_p: float = 0.0
+    name: str = checked(rule=TEXT)
+    rotation_degrees: float = checked(0.0, DEGREES)
+    hflip_p: float = checked(0.0, PROBABILITY)
+    vflip_p: float = checked(0.0, PROBABILITY)
     # Apply the transforms in a random order per image (torchvision RandomOrder), as the lab recipe does.
     random_order: bool = False
     # Zoom about the centre by a factor drawn from [1 - scale_jitter, 1 + scale_jitter], with the rotation.
-    scale_jitter: float = 0.0
+    scale_jitter: float = checked(0.0, BELOW_1)
     # Colour (stain) jitter after the geometric steps: brightness, contrast and saturation factors drawn from
     # [1 - x, 1 + x], applied in that order.
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
+    brightness: float = checked(0.0, PROBABILITY)
+    contrast: float = checked(0.0, PROBABILITY)
+    saturation: float = checked(0.0, PROBABILITY)
 
 
 @dataclass
@@ -154,71 +208,75 @@ class DataConfig:
     """Keys every layout has; a layout's own keys live in its subclass."""
 
     name: str = MISSING
-    root: str = MISSING
+    root: str = checked(rule=TEXT)
     # Center crop in source pixels before resizing; null: no crop (a non-square image is padded to a square).
-    crop_size: int | None = MISSING
-    image_size: int = MISSING
-    batch_size: int = 32
-    num_workers: int = 0
+    crop_size: int | None = checked(rule=POSITIVE)
+    image_size: int = checked(rule=POSITIVE)
+    batch_size: int = checked(32, POSITIVE)
+    num_workers: int = checked(0, Rule(lambda v: v >= 0, "must be 0 (load in the main process) or more"))
     # Per-channel normalisation after ToTensor (ImageNet statistics, what pretrained weights expect).
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = checked(rule=PER_CHANNEL, factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = checked(rule=PER_CHANNEL_SPREAD, factory=lambda: [0.229, 0.224, 0.225])
     balance: Balance = Balance.none
     on_bad_image: OnBadImage = OnBadImage.error
     pipeline: Pipeline = Pipeline.tensor
     # tensor pipeline: decode each split once into a uint8 array under paths.cache_dir/decoded, reused by later runs.
     cache: bool = True
     # At most this many images per split (a fixed class-stratified pick), for smoke runs; null = all.
-    limit: int | None = None
+    limit: int | None = checked(None, Rule(lambda v: v >= 1, "must be at least 1 image per split (or null for all)"))
     # K-fold cross-validation: data.folds=K makes fold data.fold (0 … K-1) of the training pool (train and valid
     # together) the validation split, stratified by class, whole subjects in one fold, drawn with fold_seed.
-    folds: int | None = None
-    fold: int = 0
-    fold_seed: int = II("seed")
+    folds: int | None = checked(None, Rule(lambda v: v >= 2, "cross-validation needs at least 2 folds (or null)"))
+    fold: int = checked(0, NOT_NEGATIVE)  # and below data.folds
+    fold_seed: int = checked(II("seed"), SEED)
 
 
 @dataclass
 class LabDataConfig(DataConfig):
-    train_csv: str = "train.csv"
-    valid_csv: str = "valid.csv"
-    test_csv: str = "resnet_18_test.csv"
+    name: str = "lab"
+    train_csv: str = checked("train.csv", TEXT)
+    valid_csv: str = checked("valid.csv", TEXT)
+    test_csv: str = checked("resnet_18_test.csv", TEXT)
     # Optional ``Path,label`` CSV with the test split's labels (the demo writes test_labels.csv): test metrics.
-    test_labels_csv: str | None = None
+    test_labels_csv: str | None = checked(None, TEXT)
 
 
 @dataclass
 class DemoDataConfig(LabDataConfig):
     """The generated demo set: written once under ``root`` in the lab layout, then read like real data."""
 
-    seed: int = 0
-    subjects_all: int = 10
-    subjects_normal: int = 5
-    images_per_subject: int = 60
-    source_size: int = 128
+    name: str = "demo"
+    seed: int = checked(0, SEED)
+    subjects_all: int = checked(10, Rule(lambda v: v >= 3, "must be at least 3 (one each for train, valid, test)"))
+    subjects_normal: int = checked(5, Rule(lambda v: v >= 3, "must be at least 3 (one each for train, valid, test)"))
+    images_per_subject: int = checked(60, POSITIVE)
+    source_size: int = checked(128, Rule(lambda v: v >= 16, "must be at least 16 (pixels)"))
 
 
 @dataclass
 class CsvDataConfig(DataConfig):
     """A generic manifest: ``<root>/<manifest>`` with columns path,label[,subject][,split]."""
 
-    manifest: str = "labels.csv"
+    name: str = "csv"
+    manifest: str = checked("labels.csv", TEXT)
 
 
 @dataclass
 class CnmcDataConfig(DataConfig):
     """The C-NMC 2019 tree as published (Kaggle "C-NMC_Leukemia" or TCIA)."""
 
+    name: str = "cnmc"
     split: SplitMethod = SplitMethod.folds
-    val_fold: int = 2
+    val_fold: int = checked(2, Rule(lambda v: v in (0, 1, 2), "must be 0, 1 or 2 (the published folds)"))
     # split=subjects: the share of each class's images (whole subjects) that validates, and the split's seed.
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    val_fraction: float = checked(0.2, FRACTION)
+    split_seed: int = checked(0, SEED)
     test_set: CnmcTestSet = CnmcTestSet.prelim
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
+    epochs: int = checked(10, POSITIVE)
     device: Device = Device.auto
     monitor: Monitor = Monitor.val_f1_weighted
     # Show a tqdm bar per epoch (the one-line epoch summary is always printed).
@@ -228,7 +286,7 @@ class TrainerConfig:
     channels_last: bool = True
     compile: bool = False
     # Cross-entropy with label smoothing for training (validation losses stay plain, to compare across runs).
-    label_smoothing: float = 0.0
+    label_smoothing: float = checked(0.0, BELOW_1)
     # Deterministic algorithms only, cuDNN autotuning off: same seed, same numbers on CUDA too, at some speed.
     # CPU runs repeat bit for bit either way.
     deterministic: bool = False
@@ -238,32 +296,32 @@ class TrainerConfig:
 class EvalConfig:
     tta: TTA = TTA.none
     # Evaluation batches are this many times data.batch_size (no gradients, so they fit).
-    batch_factor: int = 2
+    batch_factor: int = checked(2, POSITIVE)
 
 
 @dataclass
 class PlotConfig:
     # Run ids to compare; empty means the runs of the latest sweep in tracking.experiment.
-    runs: list[str] = field(default_factory=list)
+    runs: list[str] = checked(rule=RUN_IDS, factory=list)
 
 
 @dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "leukemia"
+    uri: str = checked("sqlite:///mlflow.db", TRACKING_URI)
+    experiment: str = checked("leukemia", TEXT)
     # Base address of each run's printed link; null: the server at tracking.uri when it is http(s), else
     # http://127.0.0.1:5000, where `mlflow ui` listens.
-    ui_url: str | None = None
+    ui_url: str | None = checked(None, WEB_ADDRESS)
 
 
 @dataclass
 class PathsConfig:
     # Where data=lab / cnmc / csv look unless data.root is given; set them once in conf/local/default.yaml.
-    lab_root: str = "data/lab"
-    cnmc_root: str = "data/C-NMC_Leukemia"
-    csv_root: str = "data/cells"
+    lab_root: str = checked("data/lab", TEXT)
+    cnmc_root: str = checked("data/C-NMC_Leukemia", TEXT)
+    csv_root: str = checked("data/cells", TEXT)
     # Where the generated demo data set is cached.
-    cache_dir: str = MISSING
+    cache_dir: str = checked(rule=TEXT)
 
 
 @dataclass
@@ -279,35 +337,110 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     task: Task = Task.train
-    seed: int = 42
+    seed: int = checked(42, SEED)
     # A short free-text run name; empty means "<model>-<optim>-lr<lr>".
-    run_name: str = ""
+    run_name: str = checked(
+        "", Rule(lambda v: len(v) <= 200 and "\n" not in v, "must be one line of at most 200 characters")
+    )
     # task=train: continue this MLflow run from its last checkpoint, with its own config.
-    resume: str | None = None
+    resume: str | None = checked(None, TEXT)
     # task=eval: the MLflow run whose config and best weights to evaluate, or a local state_dict file instead.
-    run_id: str | None = None
-    weights: str | None = None
+    run_id: str | None = checked(None, TEXT)
+    weights: str | None = checked(None, TEXT)
 
 
-# The schema of each data option, by its ``data.name``: how a stored config is typed again (task=eval).
-DATA_SCHEMAS: dict[str, type[DataConfig]] = {
-    "lab": LabDataConfig, "demo": DemoDataConfig, "cnmc": CnmcDataConfig, "csv": CsvDataConfig,
-}  # fmt: skip
+# Each group's schemas, by the option name their ``name`` field carries; the YAML options pick theirs in their
+# defaults list (``- /schema_sgd@_here_``). Stored at the top level, not in the groups, so Hydra does not offer
+# them as options (``model=schema_model``).
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"model": ModelConfig},
+    "optim": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
+    "scheduler": {"none": SchedulerConfig, "step": StepSchedulerConfig, "cosine": CosineSchedulerConfig},
+    "augmentation": {"augmentation": AugmentationConfig},
+    "data": {"lab": LabDataConfig, "demo": DemoDataConfig, "cnmc": CnmcDataConfig, "csv": CsvDataConfig},
+}
 
 
 def register_configs() -> None:
-    """Store the schemas under the names the YAML defaults lists refer to."""
+    """Store the schemas under the names the YAML defaults lists refer to; ``${pid:}`` (the process id) keeps
+    the output folders of runs started in the same second apart."""
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
-    store.store(group="model", name="base_model", node=ModelConfig)
-    store.store(group="optim", name="base_sgd", node=SGDConfig)
-    store.store(group="optim", name="base_adam", node=AdamConfig)
-    store.store(group="optim", name="base_adamw", node=AdamWConfig)
-    store.store(group="scheduler", name="base_none", node=SchedulerConfig)
-    store.store(group="scheduler", name="base_step", node=StepSchedulerConfig)
-    store.store(group="scheduler", name="base_cosine", node=CosineSchedulerConfig)
-    store.store(group="augmentation", name="base_augmentation", node=AugmentationConfig)
-    store.store(group="data", name="base_lab", node=LabDataConfig)
-    store.store(group="data", name="base_demo", node=DemoDataConfig)
-    store.store(group="data", name="base_cnmc", node=CnmcDataConfig)
-    store.store(group="data", name="base_csv", node=CsvDataConfig)
+    for schemas in GROUP_SCHEMAS.values():
+        for name, schema in schemas.items():
+            store.store(name=f"schema_{name}", node=schema)
+
+
+def schema_of(section: str, node: DictConfig) -> type:
+    """The dataclass a config section follows: a group's by its option (the node's own type once composed, else
+    its ``name``), any other section's by its field in ``Config``."""
+    if section not in GROUP_SCHEMAS:
+        return next(f.type for f in fields(Config) if f.name == section)
+    schemas = GROUP_SCHEMAS[section]
+    if len(schemas) == 1:
+        return next(iter(schemas.values()))
+    own = next((name for name, schema in schemas.items() if schema is OmegaConf.get_type(node)), None)
+    name = node.get("name")
+    if own is not None and name != own:
+        raise UserError(
+            f"{section}.name={name}: names the option {section}={own}; pick another with {section}=<option>"
+        )
+    if name not in schemas:
+        raise UserError(f"{section}.name={name}: not a {section} option; choose {section}=<{'|'.join(schemas)}>")
+    return schemas[name]
+
+
+def _value_error(path: str, value: Any, requirement: str) -> UserError:
+    shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    return UserError(f"{path}={shown}: {requirement}")
+
+
+def _check_section(node: DictConfig, schema: type, prefix: str) -> None:
+    """Each key of ``node`` is a field of ``schema`` and obeys its rule; nested sections after the plain values
+    (an interpolation such as data.fold_seed=${seed} is then blamed on the key it copies)."""
+    known = {f.name: f for f in sorted(fields(schema), key=lambda f: OmegaConf.is_dict(node.get(f.name)))}
+    unknown = [key for key in node if key not in known]
+    if unknown:
+        raise UserError(
+            f"{prefix}{unknown[0]}: no such key in {prefix.rstrip('.') or 'the config'} ({schema.__name__}); "
+            f"its keys are {', '.join(known)}"
+        )
+    for key, spec in known.items():
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            raise UserError(f"{path}: has no value; set it on the command line ({path}=…) or in a config file")
+        try:
+            value = node[key]
+        except OmegaConfBaseException as error:
+            raise UserError(f"{path}: {str(error).splitlines()[0]}") from error
+        if isinstance(value, DictConfig):
+            _check_section(value, schema_of(key, value), f"{path}.")
+            continue
+        rule = spec.metadata.get("rule")
+        if rule is not None and value is not None and not rule.holds(value):
+            raise _value_error(path, value, rule.requirement)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every value within its schema's rule and no key the schemas lack (also one added with Hydra's ``+``),
+    checked before anything is read or opened; each failure is a one-line UserError naming the key."""
+    _check_section(cfg, Config, "")
+    if cfg.optim.get("nesterov") and cfg.optim.momentum == 0:
+        raise UserError("optim.nesterov=true: Nesterov momentum needs optim.momentum above 0 (e.g. 0.9)")
+
+
+def typed(stored: DictConfig) -> DictConfig:
+    """A run's stored, resolved config typed again by the current schemas, so that keys added since it ran get
+    their defaults and the same rules apply (what task=eval and resume read back)."""
+    merged = OmegaConf.structured(Config)
+    try:
+        for key in stored:
+            value = stored[key]
+            if isinstance(value, DictConfig):
+                value = OmegaConf.merge(OmegaConf.structured(schema_of(key, value)), value)
+            merged[key] = value
+    except OmegaConfBaseException as error:
+        raise UserError(f"the stored config does not fit this version's schema ({str(error).splitlines()[0]}); "
+                        f"start a new run") from error  # fmt: skip
+    return merged

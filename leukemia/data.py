@@ -5,9 +5,11 @@ This module knows nothing of layouts or tracking: it reads whatever ``Manifest``
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -93,6 +95,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# What PIL raises for broken, unknown or absurdly large files (a header claiming billions of pixels)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 class SkippedImage(NamedTuple):
     """Stands in for an item whose file could not be decoded, when ``data.on_bad_image=skip``."""
 
@@ -167,7 +173,7 @@ class CellImages(Dataset):
             with Image.open(path) as image:
                 image.load()  # decode now: a truncated file fails here, not half-black later
                 rgb = to_rgb(image)
-        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for broken or unknown files
+        except UNREADABLE as error:
             if self.skip_bad:
                 return SkippedImage(f"{path} ({error})")
             raise UserError(
@@ -204,6 +210,25 @@ def epoch_order(dataset: Dataset, shuffle: bool, generator: torch.Generator, bal
     return RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
 
 
+def quiet_worker(worker_id: int) -> None:
+    """A loader worker leaves stop signals to the main process: sent to the whole process group (a terminal's
+    Ctrl-C, `timeout`, a cluster scheduler), they reach the workers too, which would otherwise die and turn a
+    clean stop into a failed run. The main process shuts its workers down as it stops."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+@atexit.register
+def _kill_leftover_workers() -> None:
+    """At exit, loader workers still alive are killed. They outlive their run when it ended in an exception
+    (whose traceback keeps the loaders referenced), and they ignore SIGTERM, which multiprocessing's own exit
+    handler (registered earlier, so run after this one) sends them before waiting for them to end."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report each as a failed worker
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
 def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | None:
     """The platform's standard way to start loader workers. Needed where a job itself runs in a joblib (loky)
     worker, whose default context cannot start them."""
@@ -231,6 +256,7 @@ def make_loader(
         sampler=SeededSampler(epoch_order(dataset, shuffle, generator, balanced, manifest.labels), generator),
         num_workers=num_workers,
         multiprocessing_context=worker_context(num_workers),
+        worker_init_fn=quiet_worker,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,

@@ -26,6 +26,9 @@ class EpochResult:
 
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
+# BatchNorm cannot train on one image: a training batch left with one (the last batch of an epoch whose image
+# count is one above a multiple of data.batch_size, or one whose other files were skipped) is left out.
+MIN_TRAINING_BATCH = 2
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -57,7 +60,8 @@ def run_epoch(
     channels_last: bool = False,
     stop: Callable[[], bool] | None = None,
 ) -> EpochResult:
-    """Train on the loader when given an optimizer, else evaluate; returns mean loss and all predictions.
+    """Train on the loader when given an optimizer, else evaluate; returns mean loss and all predictions (a
+    training batch of one image is left out, see MIN_TRAINING_BATCH).
     ``prepare`` turns each batch, once on the device, into the model's input (the tensor pipeline); ``amp``
     runs the forward pass under bf16 autocast and ``channels_last`` feeds NHWC batches (CUDA); ``stop`` is
     called after every batch and raises to end the pass."""
@@ -69,7 +73,7 @@ def run_epoch(
     with torch.set_grad_enabled(training):
         for number, batch in enumerate(bar, start=1):
             skipped += batch.skipped
-            if not len(batch.labels):
+            if len(batch.labels) < (MIN_TRAINING_BATCH if training else 1):
                 continue
             images = model_input(batch.images, device, prepare, channels_last)
             labels = batch.labels.to(device, non_blocking=True)

@@ -21,6 +21,7 @@ from leukemia.errors import UserError
 from leukemia.manifest import (
     Manifest,
     Splits,
+    check_filled,
     check_labels,
     check_splits,
     first_few,
@@ -41,6 +42,7 @@ SUBJECT_COLUMN = "subject"  # optional; the demo writes it
 def _resolve_paths(values: pd.Series, csv_path: Path) -> list[Path]:
     """Paths are relative to the CSV's folder (``train/0.bmp``, ``./new_dataset/train/0.bmp`` beside the CSV)
     or to the folder above it (the CSV sits inside ``new_dataset/`` but names ``./new_dataset/...``)."""
+    check_filled(values.to_frame(), PATH_COLUMN, str(csv_path))
     bases = [csv_path.parent, csv_path.parent.parent]
     first = Path(str(values.iloc[0]))
     base = next((b for b in bases if (b / first).is_file()), bases[0])
@@ -139,6 +141,7 @@ def csv_splits(data_cfg: Any) -> Splits:
         if not unnamed.empty:
             raise _rows_error(csv_path, "subject", unnamed, "must name every row's subject, or none")
         subjects = table["subject"].astype(str).tolist()
+    check_filled(table, "path", str(csv_path))
     paths = [(csv_path.parent / str(value)).resolve() for value in table["path"]]
     error = missing_files_error(paths, str(csv_path), f"'path' values are read relative to {csv_path.parent}")
     if error:

@@ -111,8 +111,23 @@ class Splits:
         return [manifest for manifest in (self.train, self.valid, self.test) if manifest is not None]
 
 
+def check_filled(table: pd.DataFrame, column: str, where: str) -> None:
+    """Every row names a file in ``column`` (an empty cell would otherwise read as a file named 'nan')."""
+    empty = table[column][table[column].isna() | (table[column].astype(str).str.strip() == "")]
+    if not empty.empty:
+        rows = [f"row {index + 2}" for index in empty.index]
+        raise UserError(f"{where}: '{column}' is empty in {len(rows)} of {len(table)} rows ({first_few(rows)}); "
+                        f"give every row an image path or remove the row")  # fmt: skip
+
+
 def missing_files_error(paths: Sequence[Path], where: str, hint: str) -> UserError | None:
-    """The error for image files that do not exist (how many, the first few), or None when all exist."""
+    """The error for image paths that are folders or do not exist (how many, the first few), or None."""
+    folders = [path for path in paths if path.is_dir()]
+    if folders:
+        return UserError(
+            f"{where}: {len(folders)} of {len(paths)} paths are folders, not image files (first: "
+            f"{first_few(folders)}); list the image files themselves"
+        )
     missing = [path for path in paths if not path.is_file()]
     if not missing:
         return None

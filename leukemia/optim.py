@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,8 +27,21 @@ def build_optimizer(optim_cfg: Any, parameters: Iterable[torch.nn.Parameter]) ->
     )
 
 
-def build_scheduler(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs: int):
-    """A per-epoch scheduler, or None for a constant learning rate."""
+def build_scheduler(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs: int, done: int = 0):
+    """A per-epoch scheduler for a run of ``epochs`` epochs, or None for a constant learning rate. ``done``
+    epochs already trained (a resumed run) are stepped past: a run given more epochs on resume follows, from
+    there on, the schedule a fresh run of the new length would."""
+    for group in optimizer.param_groups:  # from the start of the schedule, also after an optimizer's state loaded
+        group["lr"] = group.setdefault("initial_lr", group["lr"])
+    scheduler = _schedule(scheduler_cfg, optimizer, epochs)
+    with warnings.catch_warnings():  # stepping without optimizer steps is the point here
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        for _ in range(done if scheduler is not None else 0):
+            scheduler.step()
+    return scheduler
+
+
+def _schedule(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs: int):
     if scheduler_cfg.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, scheduler_cfg.step_size, scheduler_cfg.gamma)
     if scheduler_cfg.name == "cosine":

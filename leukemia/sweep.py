@@ -80,15 +80,14 @@ class SweepCallback(Callback):
     the last job: an Optuna search's best trial as a run, and exit 1 with the first error if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from leukemia.tracking import check_reachable, ensure_experiment
+        from leukemia.tracking import prepare_store
 
         # Resolved once, now, and kept: ${now:} would give a later time at the end. Resolving it here also fixes
         # the time for the launcher, which works on copies of this config.
         self.sweep_dir = str(config.hydra.sweep.dir)
         try:
             check_search_direction(config)
-            check_reachable(config.tracking.uri)
-            ensure_experiment(config.tracking.uri, config.tracking.experiment)
+            prepare_store(config.tracking.uri, config.tracking.experiment)
         except UserError as error:
             sys.exit(f"error: {error.one_line()}")
 

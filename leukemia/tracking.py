@@ -7,6 +7,7 @@ runs back (config, weights, metric histories) for evaluation and reports.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 import mlflow
 import torch
 from matplotlib import pyplot as plt
-from mlflow.entities import RunStatus
+from mlflow.entities import LifecycleStage, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests a run under another in its UI
 LOCAL_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+SQLITE = "sqlite:///"
 # Reading a run's config and weights back would otherwise draw a progress bar per file.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -90,18 +92,65 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                         f"fix tracking.uri")  # fmt: skip
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store, None for any other."""
+    return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
+
+
+def check_writable(database: Path, uri: str) -> None:
+    """The sqlite file can be created or written: else one line now, not MLflow's two minutes of retries."""
+    if database.is_dir():
+        raise UserError(f"tracking.uri={uri}: {database} is a folder; name a file, e.g. sqlite:///mlflow.db")
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(database, "ab"):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"tracking.uri={uri}: cannot write {database} ({error.strerror}); launch from a folder you can write "
+            f"to, or point tracking.uri at one (sqlite:////absolute/path/mlflow.db)"
+        ) from error
+
+
+@contextmanager
+def first_use_lock(uri: str) -> Iterator[None]:
+    """Held while a process first opens a sqlite store: two processes creating a fresh store's tables at once
+    would collide; the second now finds them made."""
+    database = sqlite_file(uri)
+    if database is None:
+        yield
+        return
+    check_writable(database, uri)
+    with open(database.with_name(f"{database.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @retry_when_locked
 def ensure_experiment(uri: str, experiment: str) -> str:
-    """Create ``experiment`` at ``uri`` unless it exists (also creating an empty sqlite store's tables), once,
-    before parallel jobs would race to do it; returns its id."""
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
+    """Create ``experiment`` at ``uri`` unless it exists (creating an empty sqlite store's tables under a lock
+    first), before parallel jobs would race to do it; returns its id. A deleted experiment is refused."""
+    with first_use_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+    if found is not None and found.lifecycle_stage == LifecycleStage.DELETED:
+        raise UserError(
+            f"tracking.experiment={experiment}: deleted in {uri}; restore it (`mlflow experiments restore "
+            f"--experiment-id {found.experiment_id}`) or name another tracking.experiment"
+        )
     if found is not None:
         return found.experiment_id
     try:
         return client.create_experiment(experiment)
     except MlflowException:  # another process created it meanwhile
         return client.get_experiment_by_name(experiment).experiment_id
+
+
+def prepare_store(uri: str, experiment: str) -> None:
+    """Before a task reads any data: the server answers, or the sqlite file can be written and its tables
+    exist; the experiment exists and is not deleted."""
+    check_reachable(uri)
+    ensure_experiment(uri, experiment)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -143,6 +192,10 @@ class Run:
     @retry_when_locked
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics(dict(metrics), step=step)
+
+    @retry_when_locked
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow.set_tags(dict(tags))
 
     @retry_when_locked
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,44 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
 
 # Small, fast settings shared by the end-to-end runs (32-px images, no progress bars).
 FAST = ("data=lab", "data.crop_size=36", "data.image_size=32", "data.batch_size=16", "trainer.progress=false")
+
+
+def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of the run as (step, value) pairs in step order."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
+
+
+def run_id_of(output: str) -> str:
+    return output.split("MLflow run ", 1)[1].split(":", 1)[0]
+
+
+def training_args(tiny_lab: Path) -> tuple[str, ...]:
+    """Deterministic fast runs on the tiny set; data=lab reads it with 2 loader workers."""
+    return (*FAST, f"data.root={tiny_lab}", "trainer.deterministic=true")
+
+
+def start(args: tuple[str, ...], cwd: Path, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """``python run.py ARGS`` in the background, stdout and stderr merged; ``popen`` as subprocess.Popen takes."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
+    command = [sys.executable, str(REPO / "run.py"), *args]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            **popen)  # fmt: skip
+
+
+def signal_after_first_epoch(process: subprocess.Popen, signum: int, times: int = 1, group: bool = False) -> str:
+    """Send ``signum`` (``times`` times, to the whole process group if ``group``: loader workers included) as
+    soon as the first epoch's line (written after its checkpoint) appears; returns all output."""
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if " - epoch 1/" in line:
+                for _ in range(times):
+                    os.killpg(process.pid, signum) if group else process.send_signal(signum)
+                    time.sleep(0.2)
+                break
+        seen.append(process.communicate(timeout=180)[0])
+    finally:
+        process.kill()
+    return "".join(seen)

@@ -1,55 +1,16 @@
 """Reproducibility and resume, through the real CLI and a real MLflow store: same seed, same numbers; a run
 killed with SIGKILL or stopped with SIGTERM continues from its last checkpoint to the uninterrupted numbers."""
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
-from conftest import FAST, client_for, run_cli
+from conftest import FAST, client_for, histories, run_cli, run_id_of, signal_after_first_epoch, start, training_args
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
-
-
-def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    """Every metric of the run as (step, value) pairs in step order."""
-    keys = client.get_run(run_id).data.metrics
-    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
-
-
-def run_id_of(output: str) -> str:
-    return output.split("MLflow run ", 1)[1].split(":", 1)[0]
-
-
-def training_args(tiny_lab: Path) -> tuple[str, ...]:
-    return (*FAST, f"data.root={tiny_lab}", "trainer.deterministic=true")
-
-
-def start(args: tuple[str, ...], cwd: Path) -> subprocess.Popen:
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(REPO / "run.py"), *args]
-    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def signal_after_first_epoch(process: subprocess.Popen, signum: int) -> str:
-    """Send ``signum`` as soon as the first epoch's line (written after its checkpoint) appears; all output."""
-    seen = []
-    try:
-        for line in process.stdout:
-            seen.append(line)
-            if " - epoch 1/" in line:
-                process.send_signal(signum)
-                break
-        seen.append(process.communicate(timeout=120)[0])
-    finally:
-        process.kill()
-    return "".join(seen)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +66,11 @@ def test_sigterm_marks_the_run_killed_and_prints_how_to_resume_it_with_more_epoc
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert [step for step, _ in histories(client, run_id)["val_accuracy"]] == [1, 2, 3, 4, 5]
+    # Epoch 1 ran on the 3-epoch schedule (a 1-epoch warm-up from lr / 2); from epoch 2 on the run follows the
+    # schedule of a fresh 5-epoch run: a 2-epoch warm-up to 0.05 (0.05 / 3, 0.1 / 3), then the cosine decay
+    # over 3 epochs, 0.05 * (1 + cos(k * pi / 3)) / 2.
+    rates = [value for _, value in histories(client, run_id)["lr"]]
+    assert rates == pytest.approx([0.025, 0.1 / 3, 0.05, 0.0375, 0.0125])
     again = run_cli(f"resume={run_id}", cwd=tmp_path)
     assert again.returncode == 1
     assert f"run {run_id} (" in again.stderr and "has trained 5 epochs; give trainer.epochs above 5" in again.stderr
@@ -132,3 +98,25 @@ def test_a_diverging_loss_fails_the_run_naming_epoch_batch_and_lr(tiny_lab, tmp_
     assert "in epoch 1, batch " in last_line and "lower optim.lr" in last_line
     (run,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name("leukemia").experiment_id])
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "times", "code"), [(signal.SIGTERM, 1, 143), (signal.SIGINT, 2, 130)],
+                         ids=["SIGTERM", "SIGINT-twice"])  # fmt: skip
+def test_a_signal_to_the_whole_process_group_ends_the_run_killed_and_it_resumes_exactly(
+    reference, tiny_lab, signum, times, code
+):
+    """What `timeout`, SLURM or `kill -- -PGID` do: the loader workers get the signal too, and quietly leave the
+    stop to the main process."""
+    folder, uninterrupted = reference
+    process = start((*training_args(tiny_lab), f"trainer.epochs={EPOCHS}"), folder, start_new_session=True)
+    output = signal_after_first_epoch(process, signum, times, group=True)
+    run_id = run_id_of(output)
+    assert process.returncode == code, output[-3000:]
+    assert f"continue with: python run.py resume={run_id}" in output
+    assert "Traceback" not in output and "DataLoader worker" not in output
+    client = client_for(folder)
+    assert client.get_run(run_id).info.status == "KILLED"
+    resumed = run_cli(f"resume={run_id}", "trainer.progress=false", cwd=folder)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert histories(client, run_id) == histories(client, uninterrupted)

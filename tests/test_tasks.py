@@ -4,7 +4,7 @@ import torch
 
 from leukemia.config import Device, Monitor
 from leukemia.errors import UserError
-from leukemia.tasks.common import check_ranges, default_run_name, resolve_device
+from leukemia.tasks.common import default_run_name, resolve_device
 from leukemia.tasks.train import BestEpoch
 
 from conftest import compose_config
@@ -48,17 +48,3 @@ def test_run_name_reads_model_optimizer_and_learning_rate():
         default_run_name(compose_config("model=resnet50", "optim=adam", "optim.lr=0.0003")) == "resnet50-adam-lr0.0003"
     )
     assert default_run_name(compose_config("run_name=baseline")) == "baseline"
-
-
-@pytest.mark.parametrize(
-    "override,message",
-    [
-        ("trainer.epochs=0", "trainer.epochs=0: must be greater than 0"),
-        ("data.batch_size=-4", "data.batch_size=-4: must be greater than 0"),
-        ("optim.lr=0", "optim.lr=0.0: must be greater than 0"),
-        ("data.num_workers=-1", "data.num_workers=-1: must be 0"),
-    ],
-)
-def test_out_of_range_values_are_named(override, message):
-    with pytest.raises(UserError, match=message):
-        check_ranges(compose_config(override))

@@ -7,41 +7,66 @@ the run FAILED.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from typing import Any
 
 from omegaconf import DictConfig
 
-from leukemia.config import Task
+from leukemia.config import Task, check_config
 from leukemia.errors import UserError
 from leukemia.sweep import record_job_failure
-from leukemia.tasks.common import in_sweep, output_dir
+from leukemia.tasks.common import Stopped, in_sweep, output_dir
 from leukemia.tasks.evaluate import evaluate
 from leukemia.tasks.report import plot
 from leukemia.tasks.train import train
-from leukemia.tracking import check_reachable
+from leukemia.tracking import prepare_store
+
+log = logging.getLogger(__name__)
 
 TASKS: dict[Task, Any] = {Task.train: train, Task.eval: evaluate, Task.plot: plot}
 
 
-def run_task(cfg: DictConfig) -> Any:
-    """Entry point for run.py: dispatch on ``task``; a UserError ends the process with one line and exit 1 (in a
-    sweep: ends the job, and the sweep exits 1 after the others), SIGINT (Ctrl-C) or SIGTERM with 128 + the
-    signal's number (130, 143), as a shell reports them."""
+def hand_over(stop: Stopped) -> None:
+    """After a SIGUSR2 stop (a SLURM job near its time limit), let the handler the signal had before the task's
+    act on it: submitit's requeues the job, which then resumes this run, and exits; or it raises, as the job may
+    not be requeued (again)."""
+    if stop.signum != signal.SIGUSR2 or not callable(stop.previous):
+        return
     try:
-        check_reachable(cfg.tracking.uri)
+        stop.previous(stop.signum, None)
+    except Exception as refused:  # submitit's UncompletedJobError
+        log.warning("the job is not requeued: %s", refused)
+
+
+def _fail(message: str) -> None:
+    """Exit 1 with ``message``; in a sweep, end the job only: its other jobs go on (parallel ones could not mark
+    their runs if this process ended the sweep) and the sweep exits 1 with a summary after them."""
+    if not in_sweep():
+        sys.exit(message)
+    print(message, file=sys.stderr)
+    record_job_failure(output_dir(), message)
+
+
+def run_task(cfg: DictConfig) -> Any:
+    """Entry point for run.py: dispatch on ``task``. A UserError ends the process with one line and exit 1; a
+    stop signal (SIGINT, SIGTERM, SIGUSR2) with 128 + its number (130, 143, 140), as a shell reports them. In a
+    sweep either ends the job (no value: a hyper-parameter search counts the trial failed)."""
+    try:
+        check_config(cfg)
+        prepare_store(cfg.tracking.uri, cfg.tracking.experiment)
         return TASKS[Task(cfg.task)](cfg)
     except UserError as error:
-        message = f"error: {error.one_line()}"
-        if not in_sweep():
-            sys.exit(message)
-        # A sweep's other jobs go on (parallel ones could not mark their runs if this process ended the sweep);
-        # the sweep ends with a summary and exit 1. No value tells a hyper-parameter search the trial failed.
-        print(message, file=sys.stderr)
-        record_job_failure(output_dir(), message)
-        return None
+        _fail(f"error: {error.one_line()}")
     except KeyboardInterrupt as stop:
-        signum = getattr(stop, "signum", signal.SIGINT)
-        print(f"stopped by {signal.Signals(signum).name} (an open MLflow run is marked KILLED)", file=sys.stderr)
-        sys.exit(128 + signum)
+        stop = stop if isinstance(stop, Stopped) else Stopped(signal.SIGINT)
+        then = f"; continue with: {stop.continue_with}" if stop.continue_with else ""
+        message = f"stopped by {signal.Signals(stop.signum).name} (an open MLflow run is marked KILLED){then}"
+        hand_over(stop)
+        if in_sweep() and stop.signum == signal.SIGUSR2:  # this job's time is up, not the sweep's
+            _fail(f"error: {message}")
+            return None
+        print(message, file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    return None

@@ -6,6 +6,8 @@ import os
 import random
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from leukemia.config import DATA_SCHEMAS, Device, Task, TrainerConfig
+from leukemia.config import Device, Task
 from leukemia.errors import UserError
 
 
@@ -52,27 +54,6 @@ def resolve_device(choice: Device) -> torch.device:
     device = torch.device("cuda", sweep_job_number() % torch.cuda.device_count())
     torch.cuda.set_device(device)
     return device
-
-
-POSITIVE_KEYS = ("trainer.epochs", "data.batch_size", "data.crop_size", "data.image_size", "optim.lr")
-OPTIONAL_KEYS = ("data.crop_size",)  # null is allowed: no crop
-
-
-def check_ranges(cfg: DictConfig) -> None:
-    """Values the schema types cannot rule out: counts, sizes and the learning rate must be positive."""
-    for key in POSITIVE_KEYS:
-        value = OmegaConf.select(cfg, key)
-        if value is None and key in OPTIONAL_KEYS:
-            continue
-        if value is None or not value > 0:
-            raise UserError(f"{key}={value}: must be greater than 0")
-    if cfg.data.num_workers < 0:
-        raise UserError(f"data.num_workers={cfg.data.num_workers}: must be 0 (load in the main process) or more")
-    if not 0 <= cfg.trainer.label_smoothing < 1:
-        raise UserError(f"trainer.label_smoothing={cfg.trainer.label_smoothing}: must be in [0, 1), e.g. 0.1")
-    warmup = OmegaConf.select(cfg, "scheduler.warmup_epochs", default=0)
-    if warmup < 0:
-        raise UserError(f"scheduler.warmup_epochs={warmup}: must be 0 or more (it is cut to half of trainer.epochs)")
 
 
 def default_run_name(cfg: DictConfig) -> str:
@@ -127,32 +108,55 @@ class Acceleration:
 
 
 class Stopped(KeyboardInterrupt):
-    """A stop asked for by a signal: Ctrl-C (SIGINT) or a scheduler's or ``kill``'s SIGTERM."""
+    """A stop asked for by a signal: Ctrl-C (SIGINT), a scheduler's or ``kill``'s SIGTERM, or SIGUSR2 (what a
+    SLURM job gets before its time limit, as submitit asks for it). ``previous`` is the handler the signal had
+    before the task's (a cluster job wrapper's, which may requeue the job); ``continue_with`` the command that
+    resumes the run, once one is open."""
 
-    def __init__(self, signum: int = signal.SIGINT):
+    def __init__(self, signum: int = signal.SIGINT, previous: Any = None):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.previous = previous
+        self.continue_with: str | None = None
 
 
 class StopRequest:
-    """SIGINT or SIGTERM while a task runs. The handler raises ``Stopped`` (a KeyboardInterrupt) at once, as
-    Python's default does for Ctrl-C, and also remembers the request, so that ``check`` (called after every
-    batch) raises it again should a library have swallowed the first one: one signal always stops the run."""
+    """SIGINT, SIGTERM or SIGUSR2 while a task runs. The first is remembered, and raises ``Stopped`` (a
+    KeyboardInterrupt) at once inside ``interruptible()`` (training and validating, where a long loader wait or
+    batch ends now), else at the next ``check`` (called after every batch and as an epoch begins): a signal never
+    breaks off a checkpoint or an MLflow write half-way. Later signals are ignored, so one sent twice, or to the
+    whole process group, cannot cut short the cleanup that marks the run KILLED. Only the process that
+    installed the handler acts on it: loader workers started by fork inherit it and ignore the signal (the main
+    process shuts them down)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.owner = os.getpid()
         self._previous: dict[int, Any] = {}
+        self._at_once = False
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self.owner or self.signum is not None:
+            return
         self.signum = signum
-        raise Stopped(signum)
+        if self._at_once:
+            self.check()
 
     def check(self) -> bool:
         if self.signum is not None:
-            raise Stopped(self.signum)
+            raise Stopped(self.signum, self._previous.get(self.signum))
         return False
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.check()
+        self._at_once = True
+        try:
+            yield
+        finally:
+            self._at_once = False
 
     def __enter__(self) -> StopRequest:
         self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
@@ -160,11 +164,15 @@ class StopRequest:
 
     def __exit__(self, *exc_info) -> None:
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            # After a stop the process is on its way out: further signals are not to cut that short.
+            signal.signal(signum, signal.SIG_IGN if self.signum is not None else previous)
 
 
 def command_line_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    """The command line's overrides as typed (``${…}`` in them unresolved)."""
+    if not HydraConfig.initialized():
+        return []
+    return OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
 
 
 def override_key(override: str) -> str:
@@ -172,24 +180,13 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def typed_again(stored: DictConfig) -> DictConfig:
-    """A run's stored, resolved config typed again by the current schemas of its data option and its trainer, so
-    that keys added since it ran get their defaults."""
-    merged = stored.copy()
-    schema = DATA_SCHEMAS.get(stored.data.name)
-    if schema is not None:
-        merged.data = OmegaConf.merge(OmegaConf.structured(schema), stored.data)
-    merged.trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), stored.trainer)
-    return merged
-
-
 def decode_cache_folder(cfg: DictConfig) -> Path:
     """Where the tensor pipeline keeps decoded splits (shared by every run and sweep job on this machine)."""
     return Path(cfg.paths.cache_dir) / "decoded"
 
 
-def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
-    """Run name, tags and command-line overrides, from Hydra's runtime when launched through run.py."""
+def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str]]:
+    """Run name and tags, from Hydra's runtime when launched through run.py."""
     task = Task(cfg.task)
     tags = {"model": cfg.model.name, "data": cfg.data.name, "task": task.value, "kind": RUN_KINDS[task]}
     commit = _git_commit()
@@ -199,11 +196,9 @@ def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
     if cfg.data.folds is not None:  # a cross-validation fold: task=plot averages over the runs of all folds
         tags |= {"fold": str(cfg.data.fold), "folds": str(cfg.data.folds)}
         name = f"{name}-fold{cfg.data.fold}"
-    overrides: list[str] = []
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
-        overrides = list(hydra_cfg.overrides.task)
-        tags["overrides"] = " ".join(overrides)
+        tags["overrides"] = " ".join(command_line_overrides())
         tags["output_dir"] = hydra_cfg.runtime.output_dir
         if hydra_cfg.mode == RunMode.MULTIRUN:
             tags["sweep_id"] = hydra_cfg.sweep.dir
@@ -211,4 +206,4 @@ def launch_context(cfg: DictConfig) -> tuple[str, dict[str, str], list[str]]:
             name = f"{name}-job{hydra_cfg.job.num}"
             if "study_name" in hydra_cfg.sweeper:  # an Optuna search: its jobs are the study's trials
                 tags["optuna_study"] = str(hydra_cfg.sweeper.study_name)
-    return name, tags, overrides
+    return name, tags

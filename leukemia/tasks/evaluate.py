@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from leukemia.config import TTA
+from leukemia.config import TTA, check_config, typed
 from leukemia.engine import predict
 from leukemia.errors import UserError
 from leukemia.figures import confusion_matrix_figure
@@ -28,14 +28,12 @@ from leukemia.models import build_model, load_trained, read_state_dict
 from leukemia.pipeline import Feed, build_feed
 from leukemia.tasks.common import (
     Acceleration,
-    check_ranges,
     command_line_overrides,
     decode_cache_folder,
     launch_context,
     output_dir,
     override_key,
     resolve_device,
-    typed_again,
 )
 from leukemia.tracking import Run, Store, tracked_run
 
@@ -96,7 +94,7 @@ def config_of_run(stored: DictConfig, cfg: DictConfig) -> DictConfig:
     missing = [key for key in ("model", "data", "trainer") if key not in stored]
     if missing:
         raise UserError(f"run {cfg.run_id}: its config/config.yaml lacks {missing}; task=eval reads runs of task=train")
-    merged = typed_again(stored)
+    merged = typed(stored)
     for key in ("task", "eval", "tracking", "run_id", "weights"):
         OmegaConf.update(merged, key, cfg[key], force_add=True)
     OmegaConf.update(merged, "trainer", {"device": cfg.trainer.device, "progress": cfg.trainer.progress}, merge=True)
@@ -133,7 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             run_cfg, weights_file = cfg, Path(cfg.weights)
             label, name, parent = f"weights={weights_file}", f"eval-{weights_file.stem}", None
         state = read_state_dict(weights_file, "weights")
-    check_ranges(run_cfg)
+    check_config(run_cfg)
     device = resolve_device(cfg.trainer.device)
     model = build_model(run_cfg.model.depth, run_cfg.model.num_classes)
     load_trained(model, state, label, run_cfg.model.name)
@@ -143,7 +141,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"data.root={run_cfg.data.root}: no test split found there; point data.root (or data.test_csv, "
             f"data.test_set) at a test set"
         )
-    _, tags, _ = launch_context(cfg)
+    _, tags = launch_context(cfg)
     tags |= {"model": run_cfg.model.name, "data": run_cfg.data.name, "evaluated": parent or str(weights_file)}
     with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, cfg.tracking.ui_url, parent) as run:
         run.log_params({"eval.tta": TTA(cfg.eval.tta).value, "data.root": run_cfg.data.root, "test.source": test.source,

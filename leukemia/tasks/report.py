@@ -194,7 +194,7 @@ def plot(cfg: DictConfig) -> dict[str, float]:
     if matrices:
         title = f"Validation confusion matrices (best epoch): {what}"
         figures["confusion_matrices.png"] = confusion_grid_figure(matrices, CLASS_NAMES, title)
-    _, tags, _ = launch_context(cfg)
+    _, tags = launch_context(cfg)
     tags = {key: value for key, value in tags.items() if key not in ("model", "data")}
     tags["compared_runs"] = " ".join(run.id for run in runs)
     name = f"report-{what.replace(' ', '-')}"

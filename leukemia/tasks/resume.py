@@ -6,17 +6,19 @@ with the run's own config. Only settings that leave the experiment unchanged may
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from leukemia.checkpoint import load_checkpoint
-from leukemia.config import Task
+from leukemia.checkpoint import CHECKPOINT_NAME, claimed, load_checkpoint
+from leukemia.config import Task, typed
 from leukemia.errors import UserError
-from leukemia.tasks.common import RUN_KINDS, command_line_overrides, override_key, typed_again
+from leukemia.tasks.common import RUN_KINDS, command_line_overrides, override_key
 from leukemia.tracking import Run, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -32,31 +34,55 @@ class ResumePoint:
     run: RunRecord
     cfg: DictConfig  # the run's own config, with the resume command's permitted settings
     state: dict[str, Any]  # the checkpoint
+    checkpoint: Path  # where it is, and where the run goes on writing it
 
     @property
     def epoch(self) -> int:
         return self.state["epoch"]
 
 
+def _resolved(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def config_to_resume(stored: DictConfig, cfg: DictConfig, run_id: str) -> DictConfig:
-    merged = typed_again(stored)
-    OmegaConf.update(merged, "resume", cfg.resume, force_add=True)
+    """The run's own config with the command line's permitted settings; any other override must leave the
+    run's value as it was (a requeued cluster job repeats its sweep's overrides)."""
+    merged = typed(stored)
+    OmegaConf.update(merged, "resume", run_id, force_add=True)
     for override in command_line_overrides():
         key = override_key(override)
-        if not key.startswith(RESUME_KEYS):
+        if key.startswith(RESUME_KEYS):
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+        elif _resolved(cfg, key) != _resolved(merged, key):
             raise UserError(
                 f"{override}: resume continues run {run_id} with its own config; only trainer.epochs (to train "
                 f"longer), trainer.progress, data.num_workers, tracking.* and paths.* may be given. Start a new run "
                 f"to change anything else"
             )
-        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
     return merged
 
 
-def resume_point(cfg: DictConfig) -> ResumePoint:
-    """The run named by ``resume``, its config and its last checkpoint, checked before anything is opened."""
+def requeued_run(job_folder: Path) -> str | None:
+    """In a job a cluster requeued (SLURM_RESTART_COUNT, as after a time limit or preemption), the run its
+    earlier attempt opened: the newest checkpoint in the job's folder names it."""
+    if os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
+        return None
+    found = sorted((job_folder / "checkpoints").glob(f"*/{CHECKPOINT_NAME}"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        return None
+    log.info("requeued job (restart %s): continuing its run %s", os.environ["SLURM_RESTART_COUNT"],
+             found[-1].parent.name)  # fmt: skip
+    return found[-1].parent.name
+
+
+def resume_point(cfg: DictConfig, run_id: str, hold: ExitStack) -> ResumePoint:
+    """The run ``run_id``, its config and its last checkpoint, checked before anything is opened. The run's
+    checkpoint folder stays claimed (``hold``) for as long as it trains on: a run still training elsewhere is
+    refused."""
     store = Store(cfg.tracking.uri)
-    record = store.run(cfg.resume, key="resume")
+    record = store.run(run_id, key="resume")
     kind = record.tags.get("kind")
     if kind != RUN_KINDS[Task.train]:
         raise UserError(f"resume={record.id}: run {record.name} is a {kind} run; resume continues runs of task=train")
@@ -66,20 +92,20 @@ def resume_point(cfg: DictConfig) -> ResumePoint:
     run_cfg = config_to_resume(stored, cfg, record.id)
     if CHECKPOINT_TAG not in record.tags:
         raise UserError(f"resume={record.id}: run {record.name} has no checkpoint (it ran before checkpoints)")
-    state = load_checkpoint(Path(record.tags[CHECKPOINT_TAG]))
+    checkpoint = Path(record.tags[CHECKPOINT_TAG])
+    if checkpoint.parent.is_dir():
+        hold.enter_context(claimed(checkpoint.parent, record.id))
+    state = load_checkpoint(checkpoint)
     if state["run_id"] != record.id:
-        raise UserError(f"{record.tags[CHECKPOINT_TAG]}: holds run {state['run_id']}, not {record.id}")
+        raise UserError(f"{checkpoint}: holds run {state['run_id']}, not {record.id}")
     done, epochs = state["epoch"], run_cfg.trainer.epochs
     if epochs < done or (epochs == done and record.status == "FINISHED"):
         raise UserError(
             f"trainer.epochs={epochs}: run {record.id} ({record.name}, {record.status}) has trained {done} epochs; "
             f"give trainer.epochs above {done} to train on"
         )
-    if record.status == "RUNNING":
-        log.warning("run %s is marked RUNNING (as a process killed with SIGKILL leaves it); if it is still "
-                    "training somewhere, stop that first", record.id)  # fmt: skip
-    log.info("resuming run %s (%s) after epoch %d of %d", record.id, record.name, done, epochs)
-    return ResumePoint(record, run_cfg, state)
+    log.info("resuming run %s (%s, %s) after epoch %d of %d", record.id, record.name, record.status, done, epochs)
+    return ResumePoint(record, run_cfg, state, checkpoint)
 
 
 def log_unlogged_epochs(run: Run, uri: str, history: dict[str, list[float]]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from leukemia.augmentation import build_augmentation
-from leukemia.checkpoint import random_states, restore_random_states, save_checkpoint
-from leukemia.config import Balance, Monitor
+from leukemia.checkpoint import CHECKPOINT_NAME, claimed, random_states, restore_random_states, save_checkpoint
+from leukemia.config import Balance, Monitor, check_config
 from leukemia.data import class_weights, displayable, preprocessing, preview
 from leukemia.engine import NonFiniteLoss, run_epoch
 from leukemia.errors import UserError
@@ -27,8 +29,9 @@ from leukemia.optim import build_optimizer, build_scheduler
 from leukemia.pipeline import Feed, build_feed
 from leukemia.tasks.common import (
     Acceleration,
+    Stopped,
     StopRequest,
-    check_ranges,
+    command_line_overrides,
     decode_cache_folder,
     launch_context,
     output_dir,
@@ -36,7 +39,7 @@ from leukemia.tasks.common import (
     seed_everything,
 )
 from leukemia.tasks.evaluate import evaluate_test
-from leukemia.tasks.resume import CHECKPOINT_TAG, log_unlogged_epochs, resume_point
+from leukemia.tasks.resume import CHECKPOINT_TAG, ResumePoint, log_unlogged_epochs, requeued_run, resume_point
 from leukemia.tracking import Run, flatten, tracked_run
 
 log = logging.getLogger(__name__)
@@ -193,7 +196,6 @@ class Trainer:
             "epoch": progress.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "best": progress.best.to_checkpoint(),
             "history": progress.history,
             "skipped": list(progress.skipped.seen),
@@ -202,12 +204,12 @@ class Trainer:
         }
 
     def restore(self, state: dict) -> Progress:
-        """Load a checkpoint's weights, optimizer and scheduler; returns its progress. The random states are
-        restored last, just before training goes on."""
+        """Load a checkpoint's weights and optimizer, and set the schedule (for ``trainer.epochs``, which a
+        resume may raise) to the epoch after it; returns its progress. The random states are restored last, just
+        before training goes on."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler = build_scheduler(self.cfg.scheduler, self.optimizer, self.cfg.trainer.epochs, state["epoch"])
         progress = Progress(BestEpoch.from_checkpoint(Monitor(self.cfg.trainer.monitor), state["best"]),
                             state["epoch"], state["history"])  # fmt: skip
         progress.skipped.seen = dict.fromkeys(state["skipped"])
@@ -248,72 +250,103 @@ def _out_of_memory(cfg: DictConfig) -> UserError:
     )
 
 
-def train(cfg: DictConfig) -> float:
-    """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's ``trainer.monitor``
-    value, what a hyper-parameter search optimises.
-    With ``resume=<run id>``, continue that run from its last checkpoint."""
-    resumed = resume_point(cfg) if cfg.resume else None
+def _begin(run: Run, cfg: DictConfig, trainer: Trainer, splits: Splits, resumed: ResumePoint | None) -> Progress:
+    """What a run logs once, or, resumed, its checkpoint's state and any epochs MLflow has not seen."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")  # a resume may raise trainer.epochs
+    if resumed:
+        progress = trainer.restore(resumed.state)
+        log_unlogged_epochs(run, cfg.tracking.uri, progress.history)
+        return progress
+    run.log_params(flatten(container) | trainer.balance_params)
+    run.log_text(OmegaConf.to_yaml(command_line_overrides()), "config/overrides.yaml")
+    log_dataset(run, splits)
+    log_training_preview(run, cfg, splits, run.name)
+    return Progress(BestEpoch(Monitor(cfg.trainer.monitor)))
+
+
+def _train_epochs(run: Run, trainer: Trainer, progress: Progress, checkpoint: Path, stop: StopRequest) -> None:
+    """The epochs after the last checkpointed one, each checkpointed, then logged; a stop signal ends training
+    and validation at once, but lets an epoch's checkpoint and logging finish."""
+    epochs = trainer.cfg.trainer.epochs
+    try:
+        for epoch in range(progress.epoch + 1, epochs + 1):
+            with stop.interruptible():  # what follows, the checkpoint and the logging, a stop waits for
+                metrics, matrix, skipped = trainer.epoch(epoch, stop)
+            metrics["skipped_images"] = progress.skipped.add(skipped)
+            val_metrics = {key: value for key, value in metrics.items() if key.startswith("val_")}
+            improved = progress.best.update(epoch, val_metrics, matrix, trainer.model)
+            progress.record(epoch, metrics)
+            save_checkpoint(trainer.checkpoint(progress, run.id), checkpoint)
+            run.log_metrics(metrics, step=epoch)
+            log.info(_epoch_line(epoch, epochs, metrics, improved))
+    except torch.cuda.OutOfMemoryError as error:
+        raise _out_of_memory(trainer.cfg) from error
+
+
+def _say_how_to_continue(stop: KeyboardInterrupt, run: Run, progress: Progress, checkpoint: Path) -> None:
+    continue_with = f"python run.py resume={run.id}"
+    log.warning("stopped in epoch %d; the checkpoint after epoch %d is %s; continue with: %s",
+                progress.epoch + 1, progress.epoch, checkpoint, continue_with)  # fmt: skip
+    if isinstance(stop, Stopped):
+        stop.continue_with = continue_with
+
+
+def _finish(run: Run, trainer: Trainer, progress: Progress, splits: Splits, stop: StopRequest) -> float:
+    """The best epoch's record, its test evaluation (which a stop may end: a resume then does it again), the
+    skipped files; returns the monitored value."""
+    best = progress.best
+    if best.state is None:
+        raise UserError("no epoch gave a finite validation score; check trainer.epochs and the valid split")
+    _log_outcome(run, run.name, best, progress.history)
+    if splits.test is not None:
+        trainer.model.load_state_dict(best.state)
+        with stop.interruptible():
+            evaluate_test(trainer.runnable, trainer.cfg, splits.test, trainer.device, run, trainer.acceleration)
+    if progress.skipped.seen:
+        run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
+    log.info("best epoch %d: %s %.4f; %s", best.epoch, best.monitor.value, best.value, run.where_to_look)
+    return best.value
+
+
+def _prepare(cfg: DictConfig, hold: ExitStack) -> tuple[ResumePoint | None, Trainer, Splits]:
+    """The run to resume (``resume=``, or the one a requeued cluster job began) with its checkpoint folder
+    claimed in ``hold``; the data and the trainer built for the effective config."""
+    run_id = cfg.resume or requeued_run(output_dir())
+    resumed = resume_point(cfg, run_id, hold) if run_id else None
     cfg = resumed.cfg if resumed else cfg
-    check_ranges(cfg)
+    check_config(cfg)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)
-    trainer = Trainer(cfg, splits, device)
-    run_name, tags, overrides = launch_context(cfg)
-    run_name = resumed.run.name if resumed else run_name
-    checkpoint_path = output_dir() / "checkpoints" / "last.pt"
-    tags[CHECKPOINT_TAG] = str(checkpoint_path)
-    if resumed:
-        tags["resumed_after_epoch"] = str(resumed.epoch)
-    log.info("%s on %s: %d train / %d valid images, device %s",
-             run_name, cfg.data.name, len(splits.train), len(splits.valid), device)  # fmt: skip
+    return resumed, Trainer(cfg, splits, device), splits
 
-    reopen = resumed.run.id if resumed else None
-    with (
-        StopRequest() as stop_request,
-        tracked_run(
-            cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.ui_url, reopen_run_id=reopen
-        ) as run,  # fmt: skip
-    ):
-        container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")  # a resume may raise trainer.epochs
+
+def train(cfg: DictConfig) -> float:
+    """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's ``trainer.monitor``
+    value, what a hyper-parameter search optimises. With ``resume=<run id>`` (or in a requeued cluster job),
+    continue that run from its last checkpoint."""
+    with ExitStack() as hold, StopRequest() as stop:  # hold: the run's checkpoint folder, claimed while it trains
+        with stop.interruptible():  # reading and decoding the data can take minutes
+            resumed, trainer, splits = _prepare(cfg, hold)
+        cfg = trainer.cfg
+        run_name, tags = launch_context(cfg)
         if resumed:
-            progress = trainer.restore(resumed.state)
-            log_unlogged_epochs(run, cfg.tracking.uri, progress.history)
-        else:
-            run.log_params(flatten(container) | trainer.balance_params)
-            run.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
-            log_dataset(run, splits)
-            log_training_preview(run, cfg, splits, run_name)
-            progress = Progress(BestEpoch(Monitor(cfg.trainer.monitor)))
-        log.info("MLflow run %s: %s", run.id, run.link)
-        progress.skipped.add(trainer.train_feed.skipped + trainer.val_feed.skipped)
-        try:
-            for epoch in range(progress.epoch + 1, cfg.trainer.epochs + 1):
-                metrics, matrix, skipped = trainer.epoch(epoch, stop_request)
-                metrics["skipped_images"] = progress.skipped.add(skipped)
-                val_metrics = {key: value for key, value in metrics.items() if key.startswith("val_")}
-                improved = progress.best.update(epoch, val_metrics, matrix, trainer.model)
-                progress.record(epoch, metrics)
-                save_checkpoint(trainer.checkpoint(progress, run.id), checkpoint_path)
-                run.log_metrics(metrics, step=epoch)
-                log.info(_epoch_line(epoch, cfg.trainer.epochs, metrics, improved))
-        except KeyboardInterrupt:
-            log.warning("stopped in epoch %d; the checkpoint after epoch %d is %s; continue with: "
-                        "python run.py resume=%s", progress.epoch + 1, progress.epoch, checkpoint_path,
-                        run.id)  # fmt: skip
-            raise
-        except torch.cuda.OutOfMemoryError as error:
-            raise _out_of_memory(cfg) from error
-
-        best = progress.best
-        if best.state is None:
-            raise UserError("no epoch gave a finite validation score; check trainer.epochs and the valid split")
-        _log_outcome(run, run_name, best, progress.history)
-        if splits.test is not None:
-            trainer.model.load_state_dict(best.state)
-            evaluate_test(trainer.runnable, cfg, splits.test, device, run, trainer.acceleration)
-        if progress.skipped.seen:
-            run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
-        log.info("best epoch %d: %s %.4f; %s", best.epoch, best.monitor.value, best.value, run.where_to_look)
-    return best.value
+            run_name, tags["resumed_after_epoch"] = resumed.run.name, str(resumed.epoch)
+        log.info("%s on %s: %d train / %d valid images, device %s",
+                 run_name, cfg.data.name, len(splits.train), len(splits.valid), trainer.device)  # fmt: skip
+        track, reopen = cfg.tracking, resumed.run.id if resumed else None
+        with tracked_run(track.uri, track.experiment, run_name, tags, track.ui_url, reopen_run_id=reopen) as run:
+            checkpoint = resumed.checkpoint if resumed else output_dir() / "checkpoints" / run.id / CHECKPOINT_NAME
+            if not resumed:
+                hold.enter_context(claimed(checkpoint.parent, run.id))
+            run.set_tags({CHECKPOINT_TAG: str(checkpoint)})
+            progress = _begin(run, cfg, trainer, splits, resumed)
+            log.info("MLflow run %s: %s", run.id, run.link)
+            progress.skipped.add(trainer.train_feed.skipped + trainer.val_feed.skipped)
+            try:
+                _train_epochs(run, trainer, progress, checkpoint, stop)
+                return _finish(run, trainer, progress, splits, stop)
+            except KeyboardInterrupt as stopped:
+                _say_how_to_continue(stopped, run, progress, checkpoint)
+                raise

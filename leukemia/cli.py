@@ -1,0 +1,51 @@
+"""What run.py wraps around Hydra: a config that does not compose ends in one line naming the override and the
+fix, as every other user error does, instead of Hydra's several lines (whose advice to append a misspelt key
+with ``+`` would only hide it)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from hydra.errors import HydraException, MissingConfigException
+
+MORE = "`python run.py --help` lists the groups and keys"
+MERGING = "Error merging override "
+# Lines of Hydra's and OmegaConf's reports left out: where the key is typed, and the advice to add it with "+"
+IMPLEMENTATION_DETAIL = ("To append", "full_key", "reference_type", "object_type")
+
+
+def composition_error(error: HydraException) -> str:
+    """Hydra's message (and its OmegaConf cause) as one line."""
+    cause = error.__cause__
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        culprit = str(error).splitlines()[0].split("Could not find ", 1)[-1].strip("'")
+        group, _, option = culprit.rpartition("/")
+        return f"{group}={option}: no such option; choose one of {', '.join(sorted(error.options))}"
+    key = getattr(cause, "full_key", None)
+    schema = getattr(cause, "object_type", None)
+    if key and "not in" in str(cause) and is_dataclass(schema):
+        section = key.rpartition(".")[0] or "the config"
+        known = ", ".join(f.name for f in fields(schema))
+        return f"{key}: no such key in {section} ({schema.__name__}); its keys are {known}"
+    lines = [line.strip().rstrip(".") for line in f"{error}\n{cause or ''}".splitlines()]
+    kept = [line for line in lines if line and not line.startswith(IMPLEMENTATION_DETAIL)]
+    message = "; ".join(kept)
+    if message.startswith(MERGING):  # "Error merging override optim.lr=abc; Value 'abc' …"
+        message = message.removeprefix(MERGING).replace("; ", ": ", 1)
+    return f"{message}; {MORE}"
+
+
+def run_reporting_one_line(main: Callable[[], Any]) -> None:
+    """Run Hydra's ``main``; a config that does not compose exits 1 with ``error: <one line>``."""
+    asked_for_traces = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
+    try:
+        main()
+    except HydraException as error:
+        if asked_for_traces:
+            raise
+        sys.exit(f"error: {composition_error(error)}")
