@@ -12,6 +12,8 @@ from typing import Any
 
 from hydra.errors import HydraException, MissingConfigException
 
+from leukemia.errors import file_system_error
+
 MORE = "`python run.py --help` lists the groups and keys"
 MERGING = "Error merging override "
 # Lines of Hydra's and OmegaConf's reports left out: where the key is typed, and the advice to add it with "+"
@@ -40,7 +42,8 @@ def composition_error(error: HydraException) -> str:
 
 
 def run_reporting_one_line(main: Callable[[], Any]) -> None:
-    """Run Hydra's ``main``; a config that does not compose exits 1 with ``error: <one line>``."""
+    """Run Hydra's ``main``; a config that does not compose, or an output folder that cannot be made, exits 1
+    with ``error: <one line>``."""
     asked_for_traces = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
     try:
@@ -49,3 +52,8 @@ def run_reporting_one_line(main: Callable[[], Any]) -> None:
         if asked_for_traces:
             raise
         sys.exit(f"error: {composition_error(error)}")
+    except OSError as error:  # Hydra making the output folder
+        named = file_system_error(error)
+        if named is None or asked_for_traces:
+            raise
+        sys.exit(f"error: {named}")

@@ -9,3 +9,14 @@ class UserError(Exception):
         (torch rebuilds the exception from that text, whose last line is ``module.UserError: message``)."""
         last = str(self).strip().splitlines()[-1]
         return last.removeprefix(f"{type(self).__module__}.{type(self).__qualname__}: ")
+
+
+def file_system_error(error: OSError) -> UserError | None:
+    """A file the configuration points at that cannot be made, read or written (a missing or read-only folder,
+    a full disk) as the one-line error naming it and the cause; None for an OSError about no file."""
+    if error.filename is None or error.strerror is None:
+        return None
+    return UserError(
+        f"{error.filename}: {error.strerror.lower()}; make it reachable and writable, or point the setting that "
+        f"names it (hydra.run.dir, paths.cache_dir, data.root, tracking.uri) elsewhere"
+    )

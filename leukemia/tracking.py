@@ -41,6 +41,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 T = TypeVar("T")
 LOCKED = "database is locked"
+FULL = "database or disk is full"  # sqlite's words for a full disk
 LOCK_PAUSES_S = (1, 2, 4, 8, 16)  # after each of sqlite's own 20-second waits (MLflow's busy_timeout)
 
 
@@ -54,6 +55,9 @@ def retry_when_locked(action: Callable[..., T]) -> Callable[..., T]:
             try:
                 return action(*args, **kwargs)
             except Exception as error:  # MLflow wraps sqlite's OperationalError in some calls, not in others
+                if FULL in str(error):
+                    raise UserError(f"tracking.uri={mlflow.get_tracking_uri()}: {FULL}; free space for the "
+                                    f"store, or point tracking.uri elsewhere") from error  # fmt: skip
                 if LOCKED not in str(error):
                     raise
                 log.warning("the tracking store is locked by another job; trying again in %d s", pause)

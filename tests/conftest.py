@@ -167,14 +167,19 @@ def start(args: tuple[str, ...], cwd: Path, env: dict[str, str] | None = None, *
                             **popen)  # fmt: skip
 
 
-def signal_after_first_epoch(process: subprocess.Popen, signum: int, times: int = 1, group: bool = False) -> str:
+FIRST_EPOCH = " - epoch 1/"  # the first epoch's line, logged after its checkpoint
+
+
+def signal_after(
+    process: subprocess.Popen, signum: int, times: int = 1, group: bool = False, marker: str = FIRST_EPOCH
+) -> str:
     """Send ``signum`` (``times`` times, to the whole process group if ``group``: loader workers included) as
-    soon as the first epoch's line (written after its checkpoint) appears; returns all output."""
+    soon as a line with ``marker`` appears; returns all output."""
     seen = []
     try:
         for line in process.stdout:
             seen.append(line)
-            if " - epoch 1/" in line:
+            if marker in line:
                 for _ in range(times):
                     os.killpg(process.pid, signum) if group else process.send_signal(signum)
                     time.sleep(0.2)

@@ -106,7 +106,7 @@ def test_sweep_gives_one_finished_run_per_model_with_a_shared_sweep_id(tiny_lab,
 def test_missing_root_exits_non_zero_naming_the_path(tmp_path):
     absent = tmp_path / "no-such-data"
     result = run_cli("data=lab", f"data.root={absent}", cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and str(absent) in last_line and "data=demo" in last_line
     _, runs = runs_of(tmp_path)
@@ -115,7 +115,7 @@ def test_missing_root_exits_non_zero_naming_the_path(tmp_path):
 
 def test_wrong_type_on_the_command_line_fails_at_composition(tmp_path):
     result = run_cli("optim.lr=abc", cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "optim.lr" in result.stderr and "abc" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST, SHARED_DATA, run_cli, write_cnmc_tree, write_lab_layout
+from conftest import FAST, SHARED_DATA, run_cli, runs_of, write_cnmc_tree, write_lab_layout
 
 SMALL = ("data.crop_size=36", "data.image_size=32", "data.batch_size=8", "data.num_workers=0", "trainer.progress=false")
 
@@ -100,7 +100,7 @@ def test_a_bad_cnmc_tree_fails_in_one_line_before_any_run(tmp_path, break_tree, 
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and culprit in last_line and str(tree) in last_line
-    assert not (tmp_path / "mlflow.db").exists()  # failed before any run was opened
+    assert runs_of(tmp_path)[1] == []  # failed before any run was opened
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cnmc-sample").is_dir(), reason="real C-NMC sample not available")

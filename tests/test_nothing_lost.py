@@ -192,3 +192,12 @@ def test_a_deleted_experiment_is_refused_before_any_run_opens(tmp_path):
     line = last_line(result.stderr)
     assert line.startswith("error: tracking.experiment=old: deleted in sqlite:///mlflow.db; restore it")
     assert client.search_runs([client.get_experiment_by_name("old").experiment_id], run_view_type=3) == []
+
+
+@pytest.mark.parametrize("setting", ["hydra.run.dir=/proc/leukemia-out", "paths.cache_dir=/proc/leukemia-cache"])
+def test_a_folder_that_cannot_be_made_is_named_in_one_line(tmp_path, setting):
+    result = run_cli(setting, "trainer.epochs=1", cwd=tmp_path, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    folder = setting.split("=", 1)[1]
+    assert last_line(result.stderr).startswith(f"error: {folder}: no such file or directory; make it reachable")
+    assert all(run.info.status != "RUNNING" for run in runs_of(tmp_path)[1])

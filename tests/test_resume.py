@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, client_for, histories, run_cli, run_id_of, signal_after_first_epoch, start, training_args
+from conftest import FAST, client_for, histories, run_cli, run_id_of, signal_after, start, training_args
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -36,7 +36,7 @@ def test_two_runs_with_the_same_config_and_seed_log_identical_metric_histories(r
 
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_numbers(reference, tiny_lab):
     folder, uninterrupted = reference
-    output = signal_after_first_epoch(start((*training_args(tiny_lab), f"trainer.epochs={EPOCHS}"), folder),
+    output = signal_after(start((*training_args(tiny_lab), f"trainer.epochs={EPOCHS}"), folder),
                                       signal.SIGKILL)  # fmt: skip
     killed = run_id_of(output)
     client = client_for(folder)
@@ -54,7 +54,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_numbers(referenc
 
 
 def test_sigterm_marks_the_run_killed_and_prints_how_to_resume_it_with_more_epochs(tiny_lab, tmp_path):
-    output = signal_after_first_epoch(start((*training_args(tiny_lab), "trainer.epochs=3"), tmp_path),
+    output = signal_after(start((*training_args(tiny_lab), "trainer.epochs=3"), tmp_path),
                                       signal.SIGTERM)  # fmt: skip
     run_id = run_id_of(output)
     client = client_for(tmp_path)
@@ -110,7 +110,7 @@ def test_a_signal_to_the_whole_process_group_ends_the_run_killed_and_it_resumes_
     stop to the main process."""
     folder, uninterrupted = reference
     process = start((*training_args(tiny_lab), f"trainer.epochs={EPOCHS}"), folder, start_new_session=True)
-    output = signal_after_first_epoch(process, signum, times, group=True)
+    output = signal_after(process, signum, times, group=True)
     run_id = run_id_of(output)
     assert process.returncode == code, output[-3000:]
     assert f"continue with: python run.py resume={run_id}" in output
@@ -120,3 +120,19 @@ def test_a_signal_to_the_whole_process_group_ends_the_run_killed_and_it_resumes_
     resumed = run_cli(f"resume={run_id}", "trainer.progress=false", cwd=folder)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert histories(client, run_id) == histories(client, uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_its_first_epoch_starts_over_in_the_same_run(tiny_lab, tmp_path):
+    process = start((*FAST, f"data.root={tiny_lab}", "data.image_size=96", "trainer.epochs=2"), tmp_path)
+    output = signal_after(process, signal.SIGTERM, marker="MLflow run ")  # logged as the first epoch begins
+    run_id = run_id_of(output)
+    assert process.returncode == 143 and "the checkpoint after epoch 0 is" in output, output[-3000:]
+    assert f"continue with: python run.py resume={run_id}" in output
+    resumed = run_cli(f"resume={run_id}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = client_for(tmp_path)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "0"
+    assert [step for step, _ in histories(client, run_id)["val_loss"]] == [1, 2]
+    assert len(client.search_runs([run.info.experiment_id])) == 1

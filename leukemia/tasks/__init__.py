@@ -15,9 +15,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from leukemia.config import Task, check_config
-from leukemia.errors import UserError
+from leukemia.errors import UserError, file_system_error
 from leukemia.sweep import record_job_failure
-from leukemia.tasks.common import Stopped, in_sweep, output_dir
+from leukemia.tasks.common import Stopped, StopRequest, in_sweep, output_dir
 from leukemia.tasks.evaluate import evaluate
 from leukemia.tasks.report import plot
 from leukemia.tasks.train import train
@@ -25,7 +25,16 @@ from leukemia.tracking import prepare_store
 
 log = logging.getLogger(__name__)
 
-TASKS: dict[Task, Any] = {Task.train: train, Task.eval: evaluate, Task.plot: plot}
+TASKS: dict[Task, Any] = {Task.eval: evaluate, Task.plot: plot}
+
+
+def dispatch(cfg: DictConfig, stop: StopRequest) -> Any:
+    """Run the task. Training stops at once while it trains or validates, else after the epoch's checkpoint and
+    logging; evaluation and reports hold nothing a stop could leave half-written, so they stop at once."""
+    if Task(cfg.task) == Task.train:
+        return train(cfg, stop)
+    with stop.interruptible():
+        return TASKS[Task(cfg.task)](cfg)
 
 
 def hand_over(stop: Stopped) -> None:
@@ -56,9 +65,15 @@ def run_task(cfg: DictConfig) -> Any:
     try:
         check_config(cfg)
         prepare_store(cfg.tracking.uri, cfg.tracking.experiment)
-        return TASKS[Task(cfg.task)](cfg)
+        with StopRequest() as stop:
+            return dispatch(cfg, stop)
     except UserError as error:
         _fail(f"error: {error.one_line()}")
+    except OSError as error:
+        named = file_system_error(error)
+        if named is None:
+            raise
+        _fail(f"error: {named}")
     except KeyboardInterrupt as stop:
         stop = stop if isinstance(stop, Stopped) else Stopped(signal.SIGINT)
         then = f"; continue with: {stop.continue_with}" if stop.continue_with else ""

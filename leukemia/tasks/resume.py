@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from leukemia.checkpoint import CHECKPOINT_NAME, claimed, load_checkpoint
+from leukemia.checkpoint import LOCK_FILE, claimed, load_checkpoint
 from leukemia.config import Task, typed
 from leukemia.errors import UserError
 from leukemia.tasks.common import RUN_KINDS, command_line_overrides, override_key
@@ -33,12 +33,12 @@ CHECKPOINT_TAG = "checkpoint"
 class ResumePoint:
     run: RunRecord
     cfg: DictConfig  # the run's own config, with the resume command's permitted settings
-    state: dict[str, Any]  # the checkpoint
+    state: dict[str, Any] | None  # the checkpoint; None for a run stopped before its first epoch ended
     checkpoint: Path  # where it is, and where the run goes on writing it
 
     @property
     def epoch(self) -> int:
-        return self.state["epoch"]
+        return self.state["epoch"] if self.state else 0
 
 
 def _resolved(cfg: DictConfig, key: str) -> Any:
@@ -66,15 +66,26 @@ def config_to_resume(stored: DictConfig, cfg: DictConfig, run_id: str) -> DictCo
 
 def requeued_run(job_folder: Path) -> str | None:
     """In a job a cluster requeued (SLURM_RESTART_COUNT, as after a time limit or preemption), the run its
-    earlier attempt opened: the newest checkpoint in the job's folder names it."""
+    earlier attempt opened: the newest checkpoint folder in the job's folder names it."""
     if os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
         return None
-    found = sorted((job_folder / "checkpoints").glob(f"*/{CHECKPOINT_NAME}"), key=lambda path: path.stat().st_mtime)
+    found = sorted((job_folder / "checkpoints").glob(f"*/{LOCK_FILE}"), key=lambda path: path.stat().st_mtime)
     if not found:
         return None
     log.info("requeued job (restart %s): continuing its run %s", os.environ["SLURM_RESTART_COUNT"],
              found[-1].parent.name)  # fmt: skip
     return found[-1].parent.name
+
+
+def _checkpoint_state(checkpoint: Path, store: Store, record: RunRecord) -> dict[str, Any] | None:
+    """The run's checkpoint; None when the run was stopped before its first epoch ended (it then starts over,
+    in the same MLflow run)."""
+    if not checkpoint.exists() and checkpoint.parent.is_dir() and not store.history(record.id, "train_loss"):
+        return None
+    state = load_checkpoint(checkpoint)
+    if state["run_id"] != record.id:
+        raise UserError(f"{checkpoint}: holds run {state['run_id']}, not {record.id}")
+    return state
 
 
 def resume_point(cfg: DictConfig, run_id: str, hold: ExitStack) -> ResumePoint:
@@ -95,10 +106,8 @@ def resume_point(cfg: DictConfig, run_id: str, hold: ExitStack) -> ResumePoint:
     checkpoint = Path(record.tags[CHECKPOINT_TAG])
     if checkpoint.parent.is_dir():
         hold.enter_context(claimed(checkpoint.parent, record.id))
-    state = load_checkpoint(checkpoint)
-    if state["run_id"] != record.id:
-        raise UserError(f"{checkpoint}: holds run {state['run_id']}, not {record.id}")
-    done, epochs = state["epoch"], run_cfg.trainer.epochs
+    state = _checkpoint_state(checkpoint, store, record)
+    done, epochs = state["epoch"] if state else 0, run_cfg.trainer.epochs
     if epochs < done or (epochs == done and record.status == "FINISHED"):
         raise UserError(
             f"trainer.epochs={epochs}: run {record.id} ({record.name}, {record.status}) has trained {done} epochs; "

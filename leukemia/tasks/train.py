@@ -251,14 +251,16 @@ def _out_of_memory(cfg: DictConfig) -> UserError:
 
 
 def _begin(run: Run, cfg: DictConfig, trainer: Trainer, splits: Splits, resumed: ResumePoint | None) -> Progress:
-    """What a run logs once, or, resumed, its checkpoint's state and any epochs MLflow has not seen."""
+    """What a run logs once (again, the same, when it starts over), or, resumed, its checkpoint's state and any
+    epochs MLflow has not seen."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     run.log_text(OmegaConf.to_yaml(container), "config/config.yaml")  # a resume may raise trainer.epochs
-    if resumed:
+    if resumed and resumed.state:
         progress = trainer.restore(resumed.state)
         log_unlogged_epochs(run, cfg.tracking.uri, progress.history)
         return progress
-    run.log_params(flatten(container) | trainer.balance_params)
+    logged = resumed.run.params if resumed else {}  # a run starting over keeps the params it logged
+    run.log_params({k: v for k, v in (flatten(container) | trainer.balance_params).items() if k not in logged})
     run.log_text(OmegaConf.to_yaml(command_line_overrides()), "config/overrides.yaml")
     log_dataset(run, splits)
     log_training_preview(run, cfg, splits, run.name)
@@ -322,11 +324,11 @@ def _prepare(cfg: DictConfig, hold: ExitStack) -> tuple[ResumePoint | None, Trai
     return resumed, Trainer(cfg, splits, device), splits
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, stop: StopRequest) -> float:
     """Train, validate each epoch, keep the best epoch's weights; returns the best epoch's ``trainer.monitor``
     value, what a hyper-parameter search optimises. With ``resume=<run id>`` (or in a requeued cluster job),
     continue that run from its last checkpoint."""
-    with ExitStack() as hold, StopRequest() as stop:  # hold: the run's checkpoint folder, claimed while it trains
+    with ExitStack() as hold:  # the run's checkpoint folder, claimed while it trains
         with stop.interruptible():  # reading and decoding the data can take minutes
             resumed, trainer, splits = _prepare(cfg, hold)
         cfg = trainer.cfg
