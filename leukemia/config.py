@@ -90,7 +90,8 @@ class Rule:
 
 
 def checked(default: Any = MISSING, rule: Rule | None = None, factory: Callable[[], Any] | None = None) -> Any:
-    """A schema field with its default and the rule its values obey (None: null is always allowed)."""
+    """A schema field with its default and the rule its values obey (a null, where the type allows one, is not
+    checked)."""
     metadata = {"rule": rule} if rule else {}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -130,7 +131,7 @@ def _depths() -> tuple[int, ...]:
 class ModelConfig:
     name: str = checked(rule=TEXT)
     depth: int = checked(
-        rule=Rule(lambda v: v in _depths(), "must be a depth that leukemia.models builds (ARCHITECTURES: 18, 50, 152)")
+        rule=Rule(lambda v: v in _depths(), "must be a depth leukemia.models builds (one of its ARCHITECTURES)")
     )
     num_classes: int = checked(2, AT_LEAST_2)
     # Optional path to a torchvision-format state_dict (e.g. ImageNet weights) to start from.

@@ -177,6 +177,7 @@ CLI_CASES = [
     ("model=base_model", "", "error: model=base_model: no such option; choose one of resnet152, resnet18, resnet50"),
     ("optim.lr=abc", "", "error: optim.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
     ("tracking.uri=ftp://host/db", "", "error: tracking.uri=ftp://host/db: must be sqlite:///<file>, http(s)://"),
+    ("task=plot", "plot.runs=[0123abc]", "error: plot.runs=0123abc: no such run in sqlite:///mlflow.db"),
 ]
 
 

@@ -49,7 +49,7 @@ NOT_HYPERPARAMETERS = ("dataset.", "paths.", "tracking.", "run_name", "run_id", 
 def select_runs(store: Store, cfg: DictConfig) -> tuple[list[RunRecord], str]:
     """The runs to compare and what they are (for titles): ``plot.runs``, else the newest sweep's jobs."""
     if cfg.plot.runs:
-        return [store.run(run_id) for run_id in cfg.plot.runs], f"{len(cfg.plot.runs)} runs"
+        return [store.run(run_id, key="plot.runs") for run_id in cfg.plot.runs], f"{len(cfg.plot.runs)} runs"
     swept = [run for run in store.runs(cfg.tracking.experiment)
              if run.tags.get("task") == "train" and "sweep_id" in run.tags]  # fmt: skip
     if not swept:
