@@ -28,7 +28,7 @@ from mlflow.entities import LifecycleStage, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from leukemia.errors import UserError
+from leukemia.errors import NO_SPACE, UserError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,12 @@ def retry_when_locked(action: Callable[..., T]) -> Callable[..., T]:
         for pause in LOCK_PAUSES_S:
             try:
                 return action(*args, **kwargs)
+            except OSError as error:  # an artifact copied to a full disk names the temporary file it copied
+                if error.errno not in NO_SPACE:
+                    raise
+                where = mlflow.get_artifact_uri() if mlflow.active_run() else mlflow.get_tracking_uri()
+                raise UserError(f"{where}: {error.strerror.lower()} while logging to MLflow; free space there, or "
+                                f"point tracking.uri at another store") from error  # fmt: skip
             except Exception as error:  # MLflow wraps sqlite's OperationalError in some calls, not in others
                 if FULL in str(error):
                     raise UserError(f"tracking.uri={mlflow.get_tracking_uri()}: {FULL}; free space for the "

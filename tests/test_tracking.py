@@ -1,8 +1,13 @@
 """Runs always end with a final status in a real sqlite store, whatever stops them."""
 
+import errno
+import os
+import subprocess
+
 import pytest
 from mlflow.tracking import MlflowClient
 
+from leukemia.errors import UserError, file_system_error
 from leukemia.tracking import flatten, tracked_run
 
 
@@ -44,3 +49,39 @@ def test_flatten_joins_nested_keys_with_dots():
     assert flatten({"optim": {"lr": 0.1, "betas": {"b1": 0.9}}, "seed": 1}) == {
         "optim.lr": 0.1, "optim.betas.b1": 0.9, "seed": 1,
     }  # fmt: skip
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real, tiny (64 KiB) file system, mounted for the test; skipped where mounting needs rights we lack."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_an_artifact_that_does_not_fit_names_the_store_and_the_cause_and_fails_the_run(tmp_path, full_disk):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("full", artifact_location=full_disk.as_uri())
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(os.urandom(200_000))
+    with (
+        pytest.raises(UserError, match=r": no space left on device while logging to MLflow; free space there"),
+        tracked_run(uri, "full", "too-big", {}, None) as run,
+    ):
+        run.log_artifact(weights)
+    (record,) = client.search_runs([experiment])
+    assert record.info.status == "FAILED"
+
+
+def test_file_system_errors_name_the_file_or_at_least_the_cause():
+    named = file_system_error(OSError(errno.EACCES, "Permission denied", "/data/out"))
+    assert str(named).startswith("/data/out: permission denied; make it reachable and writable")
+    assert str(file_system_error(OSError(errno.ENOSPC, "No space left on device"))).startswith(
+        "no space left on device; make it reachable and writable"
+    )
+    assert file_system_error(OSError(errno.EPIPE, "Broken pipe")) is None  # about no file: not the user's to fix
