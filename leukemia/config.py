@@ -365,7 +365,7 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
 def register_configs() -> None:
     """Store the schemas under the names the YAML defaults lists refer to; ``${pid:}`` (the process id) keeps
     the output folders of runs started in the same second apart."""
-    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for schemas in GROUP_SCHEMAS.values():

@@ -39,13 +39,16 @@ def checkpoint_of(client: MlflowClient, run_id: str) -> Path:
     return Path(client.get_run(run_id).data.tags["checkpoint"])
 
 
+TOGETHER = {"fresh-folder": (), "one-output-folder": ("hydra.run.dir=outputs/shared",), "two-sweeps": ("-m",)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("same_folder", [False, True], ids=["fresh-folder", "one-output-folder"])
-def test_two_runs_started_together_both_finish_each_with_its_own_checkpoint(tiny_lab, tmp_path, same_folder):
-    """Started at the same moment in a folder with no store yet (both create its tables), or made to share one
-    output folder (as two runs started in the same second would have)."""
-    shared = ("hydra.run.dir=outputs/shared",) if same_folder else ()
-    args = (*FAST, f"data.root={tiny_lab}", "trainer.epochs=1", *shared)
+@pytest.mark.parametrize("mode", TOGETHER)
+def test_two_runs_started_together_both_finish_each_with_its_own_checkpoint(tiny_lab, tmp_path, mode):
+    """Started at the same moment in a folder with no store yet (both create its tables), made to share one
+    output folder (as two runs started in the same second once did), or as two sweeps."""
+    same_folder = mode == "one-output-folder"
+    args = (*TOGETHER[mode], *FAST, f"data.root={tiny_lab}", "trainer.epochs=1")
     processes = [start((*args, f"seed={seed}"), tmp_path) for seed in (1, 2)]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
@@ -60,6 +63,8 @@ def test_two_runs_started_together_both_finish_each_with_its_own_checkpoint(tiny
         assert {checkpoint.parents[2] for checkpoint in checkpoints.values()} == {tmp_path / "outputs" / "shared"}
     else:
         assert len({checkpoint.parents[2] for checkpoint in checkpoints.values()}) == 2  # Hydra's folders differ
+    if mode == "two-sweeps":
+        assert len({run.data.tags["sweep_id"] for run in runs}) == 2
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ def select_runs(store: Store, cfg: DictConfig) -> tuple[list[RunRecord], str]:
         )
     sweep = swept[0].tags["sweep_id"]  # runs come newest first
     runs = sorted((run for run in swept if run.tags["sweep_id"] == sweep), key=lambda run: int(run.tags["sweep_job"]))
-    return runs, "sweep " + " ".join(Path(sweep).parts[-2:])  # multirun/<date>/<time>
+    return runs, "sweep " + " ".join(Path(sweep).parts[-2:])  # multirun/<date>/<time>-<pid>
 
 
 def varying_params(runs: list[RunRecord]) -> list[str]:
