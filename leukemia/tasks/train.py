@@ -273,7 +273,7 @@ def _train_epochs(run: Run, trainer: Trainer, progress: Progress, checkpoint: Pa
     epochs = trainer.cfg.trainer.epochs
     try:
         for epoch in range(progress.epoch + 1, epochs + 1):
-            with stop.interruptible():  # what follows, the checkpoint and the logging, a stop waits for
+            with stop.interruptible():  # a stop ends this at once; the checkpoint and logging below finish first
                 metrics, matrix, skipped = trainer.epoch(epoch, stop)
             metrics["skipped_images"] = progress.skipped.add(skipped)
             val_metrics = {key: value for key, value in metrics.items() if key.startswith("val_")}
