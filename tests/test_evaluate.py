@@ -2,6 +2,7 @@
 file, task=plot over a sweep; through the real CLI and a real sqlite MLflow store."""
 
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from sklearn import metrics as reference
 from leukemia.data import preprocessing
 from leukemia.models import build_model
 
-from conftest import FAST, client_for, run_cli, write_lab_layout
+from conftest import FAST, client_for, run_cli, signal_after, start, write_lab_layout
 
 EPOCHS = 3
 
@@ -187,3 +188,15 @@ def test_plot_without_a_sweep_says_what_to_do(tmp_path):
     result = run_cli("task=plot", cwd=tmp_path)
     assert result.returncode == 1
     assert "no sweep runs in sqlite:///mlflow.db; run a sweep" in last_line(result)
+
+
+@pytest.mark.slow
+def test_a_stopped_evaluation_ends_its_run_killed_with_exit_143(trained, tmp_path):
+    folder, _, run = trained
+    many = write_lab_layout(tmp_path / "many", {"train": 4, "valid": 4, "test": 3000})
+    process = start(("task=eval", f"run_id={run.info.run_id}", f"data.root={many}", "eval.tta=flips"), folder)
+    output = signal_after(process, signal.SIGTERM, marker="evaluation run ")
+    assert process.returncode == 143, output[-3000:]
+    assert "stopped by SIGTERM" in output and "Traceback" not in output
+    child = output.split("evaluation run ", 1)[1].split(" ", 1)[0]
+    assert client_for(folder).get_run(child).info.status == "KILLED"

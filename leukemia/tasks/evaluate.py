@@ -144,10 +144,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     _, tags = launch_context(cfg)
     tags |= {"model": run_cfg.model.name, "data": run_cfg.data.name, "evaluated": parent or str(weights_file)}
     with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, cfg.tracking.ui_url, parent) as run:
+        log.info("evaluation run %s (%d test images): %s", run.id, len(test), run.link)
         run.log_params({"eval.tta": TTA(cfg.eval.tta).value, "data.root": run_cfg.data.root, "test.source": test.source,
                         "test.images": len(test), "weights": label})  # fmt: skip
         acceleration = Acceleration.for_device(cfg.trainer, device)
         runnable = acceleration.model(model, device, compile_model=False)
-        metrics = evaluate_test(runnable, run_cfg, test, device, run, acceleration)
-        log.info("evaluation run %s: %s", run.id, run.link)
-    return metrics
+        return evaluate_test(runnable, run_cfg, test, device, run, acceleration)
