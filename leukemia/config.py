@@ -8,7 +8,7 @@ applies the rules, and refuses keys no schema knows, before any data is read or 
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -400,7 +400,7 @@ def _value_error(path: str, value: Any, requirement: str) -> UserError:
 def _check_section(node: DictConfig, schema: type, prefix: str) -> None:
     """Each key of ``node`` is a field of ``schema`` and obeys its rule; nested sections after the plain values
     (an interpolation such as data.fold_seed=${seed} is then blamed on the key it copies)."""
-    known = {f.name: f for f in sorted(fields(schema), key=lambda f: OmegaConf.is_dict(node.get(f.name)))}
+    known = {f.name: f for f in sorted(fields(schema), key=lambda f: f.name in GROUP_SCHEMAS or is_dataclass(f.type))}
     unknown = [key for key in node if key not in known]
     if unknown:
         raise UserError(

@@ -165,6 +165,12 @@ def test_composition_errors_are_one_line_without_hydras_advice_to_append(overrid
     assert line.startswith(message) and "+" not in line and "\n" not in line
 
 
+@pytest.mark.parametrize("override", ["trainer.epochs=${oops}", "data.root=${nowhere.at_all}"])
+def test_an_interpolation_to_no_key_is_named_in_one_line(override):
+    key = override.split("=")[0]
+    assert one_line_error(override) == f"{key}: Interpolation key '{override.split('{')[1].rstrip('}')}' not found"
+
+
 def test_nesterov_without_momentum_is_refused():
     assert one_line_error("optim.momentum=0").startswith("optim.nesterov=true: Nesterov momentum needs")
 
