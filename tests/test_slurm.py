@@ -25,10 +25,10 @@ pytestmark = [
     pytest.mark.skipif(not slurm_answers(), reason="no SLURM cluster answers here (start one: scripts/local_slurm.sh)"),
 ]
 
-# One CPU and no GPU per job, on the local cluster's partition; submitit signals USR2 signal_delay_s before the
-# time limit (SLURM's minimum is a minute).
+# One CPU and no GPU per job, on the local cluster's partition. SLURM sends USR2 signal_delay_s (submitit's
+# default: 120) before hydra.launcher.timeout_min, which each test sets.
 CLUSTER = ("-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
-           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4", "hydra.launcher.timeout_min=2")  # fmt: skip
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4")  # fmt: skip
 
 
 def job_logs(folder: Path) -> list[Path]:
@@ -47,8 +47,8 @@ def wait_for_epoch(folder: Path, epoch: int, timeout_s: float = 300) -> str:
 
 
 def time_is_up(job_id: str) -> None:
-    """What SLURM sends a job signal_delay_s before its time limit (submitit asks for USR2); submitit counts a
-    signal this close to a two-minute limit as the time-out it warns of."""
+    """What SLURM sends a job signal_delay_s before its time limit (submitit asks for USR2); submitit counts it
+    as that time-out for any job of up to 10 minutes."""
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
 
 
@@ -56,7 +56,8 @@ def test_a_sweep_runs_its_jobs_and_one_at_its_time_limit_ends_killed_with_its_co
     """Job 0 finishes; job 1 (too many epochs for two minutes) gets the scheduler's own signal 60 s before its
     limit and is not requeued (max_num_timeout=0): its run ends KILLED, the sweep exits 1 with one line, and
     the run continues from its checkpoint."""
-    result = run_cli(*CLUSTER, "hydra.launcher.signal_delay_s=60", "hydra.launcher.max_num_timeout=0", *FAST,
+    result = run_cli(*CLUSTER, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60",
+                     "hydra.launcher.max_num_timeout=0", *FAST,
                      f"data.root={tiny_lab}", "trainer.epochs=2,100000", cwd=tmp_path, timeout=400)  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
@@ -76,8 +77,9 @@ def test_a_sweep_runs_its_jobs_and_one_at_its_time_limit_ends_killed_with_its_co
 
 def test_a_job_requeued_at_its_time_limit_continues_its_own_run_and_logs_each_epoch_once(tiny_lab, tmp_path):
     epochs = 8
-    sweep = start((*CLUSTER, "hydra.launcher.max_num_timeout=1", *FAST, f"data.root={tiny_lab}",
-                   f"trainer.epochs={epochs}", "data.num_workers=2"), tmp_path)  # fmt: skip
+    # A 10-minute limit: SLURM's own signal (due 8 minutes in) never comes during the test, only the one it sends.
+    sweep = start((*CLUSTER, "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=1", *FAST,
+                   f"data.root={tiny_lab}", f"trainer.epochs={epochs}", "data.num_workers=2"), tmp_path)  # fmt: skip
     try:
         time_is_up(wait_for_epoch(tmp_path, 2))
         output = sweep.communicate(timeout=600)[0]
