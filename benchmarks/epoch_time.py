@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
-from leukemia.config import register_configs
-from leukemia.engine import run_epoch
-from leukemia.layouts import load_splits
+from leukemia.config import Config, register_configs
+from leukemia.data.layouts import load_splits
 from leukemia.models import build_model
-from leukemia.optim import build_optimizer
-from leukemia.tasks.train import build_feeds
+from leukemia.training.engine import run_epoch
+from leukemia.training.loop import build_feeds
+from leukemia.training.optim import build_optimizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -41,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=args.overrides)
+        cfg: Config = OmegaConf.to_object(compose(config_name="config", overrides=args.overrides))
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg.data)
     device = torch.device("cpu")

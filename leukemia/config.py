@@ -46,13 +46,6 @@ class Balance(str, Enum):
     loss = "loss"  # weight the cross-entropy of each class by total / (classes * class size)
 
 
-class Pipeline(str, Enum):
-    """How images reach the model."""
-
-    pil = "pil"  # per image with PIL in the loader: decode, crop, resize, augment, to float (the seed's way)
-    tensor = "tensor"  # uint8 batches (decoded once when data.cache), augmented and normalised per batch (default)
-
-
 class OnBadImage(str, Enum):
     """What reading a file that is not a decodable image does: stop the run, or warn and leave it out."""
 
@@ -118,6 +111,7 @@ TRACKING_URI = Rule(
     lambda v: str(v).startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql", "databricks")),
     "must be sqlite:///<file>, http(s)://<server> or a database URI (postgresql://, mysql://, mssql://)",
 )
+WORKERS = Rule(lambda v: v >= 0, "must be 0 (load in the main process) or more")
 WEB_ADDRESS = Rule(lambda v: str(v).startswith(("http://", "https://")), "must be an http(s):// address")
 
 
@@ -184,7 +178,7 @@ class CosineSchedulerConfig(SchedulerConfig):
     eta_min: float = checked(0.0, NOT_NEGATIVE)
     # Epochs of linear warm-up to optim.lr before the decay (a high peak rate from scratch needs a gentle start);
     # cut to half of trainer.epochs in shorter runs.
-    warmup_epochs: int = checked(0, NOT_NEGATIVE)
+    warmup_epochs: int = checked(3, NOT_NEGATIVE)
 
 
 @dataclass
@@ -214,14 +208,16 @@ class DataConfig:
     crop_size: int | None = checked(rule=POSITIVE)
     image_size: int = checked(rule=POSITIVE)
     batch_size: int = checked(32, POSITIVE)
-    num_workers: int = checked(0, Rule(lambda v: v >= 0, "must be 0 (load in the main process) or more"))
-    # Per-channel normalisation after ToTensor (ImageNet statistics, what pretrained weights expect).
+    num_workers: int = checked(0, WORKERS)
+    # Per-channel normalisation of the 0..1 pixel values (ImageNet statistics, what pretrained weights expect;
+    # without it BatchNorm's running statistics drift so far on these mostly-black images that evaluation-mode
+    # predictions collapse to one class after a few epochs).
     mean: list[float] = checked(rule=PER_CHANNEL, factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = checked(rule=PER_CHANNEL_SPREAD, factory=lambda: [0.229, 0.224, 0.225])
     balance: Balance = Balance.none
     on_bad_image: OnBadImage = OnBadImage.error
-    pipeline: Pipeline = Pipeline.tensor
-    # tensor pipeline: decode each split once into a uint8 array under paths.cache_dir/decoded, reused by later runs.
+    # Decode each split once into a uint8 array under paths.cache_dir/decoded, reused by later runs; false: decode
+    # every image in every epoch (in data.num_workers processes).
     cache: bool = True
     # At most this many images per split (a fixed class-stratified pick), for smoke runs; null = all.
     limit: int | None = checked(None, Rule(lambda v: v >= 1, "must be at least 1 image per split (or null for all)"))
@@ -234,10 +230,16 @@ class DataConfig:
 
 @dataclass
 class LabDataConfig(DataConfig):
+    """The course layout: ``<root>/train.csv`` and ``valid.csv`` (``Path,label``), a test CSV with ``Path`` only."""
+
     name: str = "lab"
+    root: str = checked("${paths.lab_root}", TEXT)
+    crop_size: int | None = checked(350, POSITIVE)  # C-NMC cells are 450x450
+    image_size: int = checked(350, POSITIVE)  # 350: no resize, as the lab recipe
+    num_workers: int = checked(2, WORKERS)
     train_csv: str = checked("train.csv", TEXT)
     valid_csv: str = checked("valid.csv", TEXT)
-    test_csv: str = checked("resnet_18_test.csv", TEXT)
+    test_csv: str = checked("resnet_${model.depth}_test.csv", TEXT)  # the course keeps one test CSV per depth
     # Optional ``Path,label`` CSV with the test split's labels (the demo writes test_labels.csv): test metrics.
     test_labels_csv: str | None = checked(None, TEXT)
 
@@ -247,6 +249,15 @@ class DemoDataConfig(LabDataConfig):
     """The generated demo set: written once under ``root`` in the lab layout, then read like real data."""
 
     name: str = "demo"
+    root: str = checked(
+        "${paths.cache_dir}/demo-v1/s${.seed}-a${.subjects_all}-h${.subjects_normal}-n${.images_per_subject}"
+        "-px${.source_size}",
+        TEXT,
+    )
+    crop_size: int | None = checked(100, POSITIVE)  # the lab recipe's 350/450 proportion
+    image_size: int = checked(64, POSITIVE)
+    num_workers: int = checked(0, WORKERS)
+    test_labels_csv: str | None = checked("test_labels.csv", TEXT)  # the hidden test labels: test metrics
     seed: int = checked(0, SEED)
     subjects_all: int = checked(10, Rule(lambda v: v >= 3, "must be at least 3 (one each for train, valid, test)"))
     subjects_normal: int = checked(5, Rule(lambda v: v >= 3, "must be at least 3 (one each for train, valid, test)"))
@@ -259,6 +270,10 @@ class CsvDataConfig(DataConfig):
     """A generic manifest: ``<root>/<manifest>`` with columns path,label[,subject][,split]."""
 
     name: str = "csv"
+    root: str = checked("${paths.csv_root}", TEXT)  # the folder holding the manifest
+    crop_size: int | None = checked(None, POSITIVE)  # the whole image, padded to a square if it is not one
+    image_size: int = checked(96, POSITIVE)
+    num_workers: int = checked(2, WORKERS)
     manifest: str = checked("labels.csv", TEXT)
 
 
@@ -267,6 +282,10 @@ class CnmcDataConfig(DataConfig):
     """The C-NMC 2019 tree as published (Kaggle "C-NMC_Leukemia" or TCIA)."""
 
     name: str = "cnmc"
+    root: str = checked("${paths.cnmc_root}", TEXT)
+    crop_size: int | None = checked(350, POSITIVE)  # center crop in source pixels (cells are 450x450)
+    image_size: int = checked(350, POSITIVE)
+    num_workers: int = checked(2, WORKERS)
     split: SplitMethod = SplitMethod.folds
     val_fold: int = checked(2, Rule(lambda v: v in (0, 1, 2), "must be 0, 1 or 2 (the published folds)"))
     # split=subjects: the share of each class's images (whole subjects) that validates, and the split's seed.
@@ -287,7 +306,7 @@ class TrainerConfig:
     channels_last: bool = True
     compile: bool = False
     # Cross-entropy with label smoothing for training (validation losses stay plain, to compare across runs).
-    label_smoothing: float = checked(0.0, BELOW_1)
+    label_smoothing: float = checked(0.1, BELOW_1)
     # Deterministic algorithms only, cuDNN autotuning off: same seed, same numbers on CUDA too, at some speed.
     # CPU runs repeat bit for bit either way.
     deterministic: bool = False
@@ -321,8 +340,8 @@ class PathsConfig:
     lab_root: str = checked("data/lab", TEXT)
     cnmc_root: str = checked("data/C-NMC_Leukemia", TEXT)
     csv_root: str = checked("data/cells", TEXT)
-    # Where the generated demo data set is cached.
-    cache_dir: str = checked(rule=TEXT)
+    # Where the generated demo data set and the decoded splits are cached.
+    cache_dir: str = checked("${oc.env:HOME,.}/.cache/leukemia", TEXT)
 
 
 @dataclass
@@ -350,16 +369,25 @@ class Config:
     weights: str | None = checked(None, TEXT)
 
 
-# Each group's schemas, by the option name their ``name`` field carries; the YAML options pick theirs in their
-# defaults list (``- /schema_sgd@_here_``). Stored at the top level, not in the groups, so Hydra does not offer
-# them as options (``model=schema_model``).
-GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+# The schemas of each config group but data, by the option name their ``name`` field carries; the YAML options
+# pick theirs in their defaults list (``- /schema_sgd@_here_``). Stored at the top level, not in the groups, so
+# Hydra does not offer them as options (``model=schema_model``).
+GROUPS = ("model", "optim", "scheduler", "augmentation", "data")
+_GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"model": ModelConfig},
     "optim": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
     "scheduler": {"none": SchedulerConfig, "step": StepSchedulerConfig, "cosine": CosineSchedulerConfig},
     "augmentation": {"augmentation": AugmentationConfig},
-    "data": {"lab": LabDataConfig, "demo": DemoDataConfig, "cnmc": CnmcDataConfig, "csv": CsvDataConfig},
 }
+
+
+def group_schemas(group: str) -> dict[str, type]:
+    """A config group's schemas by option name; the data layouts' come from their one registry."""
+    if group == "data":
+        from leukemia.data.layouts import LAYOUTS  # imported when asked: the registry imports this module
+
+        return {name: layout.schema for name, layout in LAYOUTS.items()}
+    return _GROUP_SCHEMAS[group]
 
 
 def register_configs() -> None:
@@ -368,17 +396,17 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
-    for schemas in GROUP_SCHEMAS.values():
-        for name, schema in schemas.items():
+    for group in GROUPS:
+        for name, schema in group_schemas(group).items():
             store.store(name=f"schema_{name}", node=schema)
 
 
 def schema_of(section: str, node: DictConfig) -> type:
     """The dataclass a config section follows: a group's by its option (the node's own type once composed, else
     its ``name``), any other section's by its field in ``Config``."""
-    if section not in GROUP_SCHEMAS:
+    if section not in GROUPS:
         return next(f.type for f in fields(Config) if f.name == section)
-    schemas = GROUP_SCHEMAS[section]
+    schemas = group_schemas(section)
     if len(schemas) == 1:
         return next(iter(schemas.values()))
     own = next((name for name, schema in schemas.items() if schema is OmegaConf.get_type(node)), None)
@@ -400,7 +428,7 @@ def _value_error(path: str, value: Any, requirement: str) -> UserError:
 def _check_section(node: DictConfig, schema: type, prefix: str) -> None:
     """Each key of ``node`` is a field of ``schema`` and obeys its rule; nested sections after the plain values
     (an interpolation such as data.fold_seed=${seed} is then blamed on the key it copies)."""
-    known = {f.name: f for f in sorted(fields(schema), key=lambda f: f.name in GROUP_SCHEMAS or is_dataclass(f.type))}
+    known = {f.name: f for f in sorted(fields(schema), key=lambda f: f.name in GROUPS or is_dataclass(f.type))}
     unknown = [key for key in node if key not in known]
     if unknown:
         raise UserError(

@@ -24,6 +24,20 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 register_configs()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def home_in_a_temporary_folder(tmp_path_factory):
+    """What the tests run writes nothing to the real home folder (``paths.cache_dir`` defaults to
+    ``~/.cache/leukemia``): the session, and the CLI runs it starts, get a temporary one."""
+    home = tmp_path_factory.mktemp("home")
+    real = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    yield home
+    if real is None:
+        del os.environ["HOME"]
+    else:
+        os.environ["HOME"] = real
+
+
 def compose_config(*overrides: str, config_dir: Path = CONF, return_hydra_config: bool = False):
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)

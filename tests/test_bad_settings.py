@@ -7,7 +7,7 @@ import pytest
 from hydra.errors import HydraException
 
 from leukemia.cli import composition_error
-from leukemia.config import GROUP_SCHEMAS, Config, check_config
+from leukemia.config import GROUPS, Config, check_config, group_schemas
 from leukemia.errors import UserError
 
 from conftest import compose_config, run_cli, runs_of
@@ -50,7 +50,6 @@ INVALID = {
     "data.std": ("", "data.std=[0.2,0,0.2]"),
     "data.balance": ("", "data.balance=oversample"),
     "data.on_bad_image": ("", "data.on_bad_image=ignore"),
-    "data.pipeline": ("", "data.pipeline=gpu"),
     "data.cache": ("", "data.cache=perhaps"),
     "data.limit": ("", "data.limit=0"),
     "data.folds": ("", "data.folds=1"),
@@ -101,11 +100,9 @@ INVALID = {
 
 def schema_fields() -> set[str]:
     """Every field of every schema, as the dotted keys a user types."""
-    keys = {
-        f.name for f in fields(Config) if f.name not in GROUP_SCHEMAS and not hasattr(f.type, "__dataclass_fields__")
-    }
+    keys = {f.name for f in fields(Config) if f.name not in GROUPS and not hasattr(f.type, "__dataclass_fields__")}
     sections = {f.name: [f.type] for f in fields(Config) if hasattr(f.type, "__dataclass_fields__")}
-    sections |= {group: list(schemas.values()) for group, schemas in GROUP_SCHEMAS.items()}
+    sections |= {group: list(group_schemas(group).values()) for group in GROUPS}
     for section, schemas in sections.items():
         keys |= {f"{section}.{f.name}" for schema in schemas for f in fields(schema)}
     return keys
@@ -187,6 +184,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first,second,message", CLI_CASES, ids=[case[0] for case in CLI_CASES])
 def test_the_cli_exits_1_with_the_line_and_opens_no_run(tmp_path, first, second, message):
     result = run_cli(*filter(None, [first, second]), cwd=tmp_path, timeout=120)

@@ -13,6 +13,8 @@ import torch
 
 from conftest import FAST, REPO, SHARED_DATA, run_cli, runs_of, write_lab_layout
 
+pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
+
 EPOCHS = 4
 
 
@@ -120,13 +122,13 @@ def test_wrong_type_on_the_command_line_fails_at_composition(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize(("pipeline", "statuses"), [("pil", ["FAILED"]), ("tensor", [])])
-def test_an_unreadable_image_fails_naming_the_file(tmp_path, pipeline, statuses):
-    """The PIL path meets the file mid-run and marks the run FAILED; the tensor path's decode cache meets it
-    before the run opens, so no run is left behind."""
+@pytest.mark.parametrize(("cache", "statuses"), [("false", ["FAILED"]), ("true", [])])
+def test_an_unreadable_image_fails_naming_the_file(tmp_path, cache, statuses):
+    """Decoding per image meets the file mid-run and marks the run FAILED; the decode cache meets it before
+    the run opens, so no run is left behind."""
     root = write_lab_layout(tmp_path / "data", {"train": 8, "valid": 4})
     (root / "valid" / "3.bmp").write_bytes(b"BM truncated")
-    result = run_cli(*FAST, f"data.root={root}", "trainer.epochs=1", f"data.pipeline={pipeline}", cwd=tmp_path)
+    result = run_cli(*FAST, f"data.root={root}", "trainer.epochs=1", f"data.cache={cache}", cwd=tmp_path)
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and "valid/3.bmp: cannot be read as an image" in last_line

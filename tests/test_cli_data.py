@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import FAST, SHARED_DATA, run_cli, runs_of, write_cnmc_tree, write_lab_layout
 
+pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
+
 SMALL = ("data.crop_size=36", "data.image_size=32", "data.batch_size=8", "data.num_workers=0", "trainer.progress=false")
 
 

@@ -6,9 +6,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from leukemia.cnmc import cnmc_splits, parse_cell_name
+from leukemia.data.layouts import load_splits
+from leukemia.data.layouts.cnmc import cnmc_splits, parse_cell_name
 from leukemia.errors import UserError
-from leukemia.layouts import load_splits
 
 from conftest import SHARED_DATA, compose_config, write_cnmc_tree
 

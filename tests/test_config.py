@@ -2,8 +2,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
+
+from leukemia.config import group_schemas
 
 from conftest import CONF, compose_config
 
@@ -31,7 +35,7 @@ def test_group_options_are_the_documented_ones():
     assert options("scheduler") == ["cosine", "none", "step"]
     assert options("augmentation") == ["lab", "none"]
     assert options("data") == ["cnmc", "csv", "demo", "lab"]
-    assert options("experiment") == ["allidb2_cv", "lab3_resnet152", "lab3_resnet18", "lab3_resnet50"]
+    assert options("experiment") == ["allidb2_cv", "lab3_base", "lab3_resnet152", "lab3_resnet18", "lab3_resnet50"]
 
 
 def test_defaults_run_the_demo_with_the_measured_recipe():
@@ -62,8 +66,43 @@ def test_experiment_presets_hold_the_seed_recipe(depth):
         False,
     )
     assert (cfg.scheduler.name, cfg.trainer.label_smoothing) == ("none", 0.0)
-    assert (cfg.data.batch_size, cfg.trainer.epochs, cfg.data.crop_size) == (32, 120, 350)
+    assert (cfg.data.batch_size, cfg.trainer.epochs, cfg.data.crop_size) == (32, 40 if depth == 152 else 120, 350)
     assert cfg.data.test_csv == f"resnet_{depth}_test.csv"
+
+
+def schema_defaults(schema: type) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(schema))
+
+
+@pytest.mark.parametrize("group", ["model", "optim", "scheduler", "augmentation", "data"])
+def test_option_files_hold_only_what_differs_from_their_schema(group):
+    """Each default is written once, in the schema: an option file that repeats one fails here."""
+    schemas = group_schemas(group)
+    for path in (CONF / group).glob("*.yaml"):
+        written = yaml.safe_load(path.read_text())
+        schema = next(schemas[name] for name in schemas if written["defaults"] == [f"/schema_{name}@_here_"])
+        defaults = schema_defaults(schema)
+        for key, value in written.items():
+            assert key == "defaults" or value != defaults[key], f"{path.name}: {key}: {value} is the schema's default"
+
+
+def choices(defaults: list) -> list[str]:
+    """An experiment's group choices as overrides: ``override /data: csv`` -> ``data=csv``."""
+    entries = [entry for entry in defaults if isinstance(entry, dict)]
+    return [f"{key.removeprefix('override /')}={value}" for entry in entries for key, value in entry.items()]
+
+
+def test_the_primary_config_and_the_presets_repeat_no_default():
+    primary = yaml.safe_load((CONF / "config.yaml").read_text())
+    assert set(primary) == {"defaults", "hydra"}, "config.yaml: values belong in the schemas"
+    for path in (CONF / "experiment").glob("*.yaml"):
+        written = yaml.safe_load(path.read_text())
+        picked = choices(written["defaults"])
+        # without this file's own values: its groups chosen (a lab3 model preset: on top of lab3_base)
+        without = compose_config(*(["experiment=lab3_base"] if "lab3_base" in written["defaults"] else []), *picked)
+        for section, values in written.items():
+            for key, value in values.items() if section != "defaults" else ():
+                assert without[section][key] != value, f"{path.name}: {section}.{key}: {value} changes nothing"
 
 
 def test_command_line_overrides_reach_the_typed_fields():

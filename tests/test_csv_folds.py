@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukemia.data import decoding
+from leukemia.data.layouts import load_splits
+from leukemia.data.loading import decoding
+from leukemia.data.manifest import Manifest
+from leukemia.data.splitting import fold_assignment, split_fold
 from leukemia.errors import UserError
-from leukemia.layouts import load_splits
-from leukemia.manifest import Manifest, fold_assignment, split_fold
 
 from conftest import SHARED_DATA, compose_config, run_cli, runs_of, separable_cell
 
@@ -137,6 +138,7 @@ def test_without_a_crop_a_wide_image_is_padded_to_a_black_square():
     assert (pixels[:, 12:18] == 200).all()  # the image itself in the middle band
 
 
+@pytest.mark.slow
 def test_a_fold_sweep_tags_its_runs_and_plot_reports_the_mean_over_folds(tmp_path):
     root = write_manifest(tmp_path / "data", pool_rows(24), size=(44, 36))  # not square: padded
     sweep = run_cli("-m", "data=csv", f"data.root={root}", "data.image_size=32", "data.batch_size=8",
@@ -179,6 +181,7 @@ def test_real_allidb2_cells_read_as_a_csv_manifest_in_two_folds():
     assert splits.train.subjects is None  # the sample's subject column is empty
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "allidb2-sample").is_dir(), reason="real ALL-IDB2 sample not available")
 def test_the_allidb2_recipe_learns_real_cells_in_two_short_folds(tmp_path):
     """The experiment's settings on the real sample, shortened: 2 folds of 130, 8 epochs at 64 px. A short run

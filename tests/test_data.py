@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torchvision_reference import preprocessing
 
-from leukemia.augmentation import build_augmentation
-from leukemia.data import class_weights, make_loader, preprocessing, preview
-from leukemia.demo import SPEC_FILE, TEST_CSV_NAMES, DemoSpec, ensure_demo_dataset
+from leukemia.data.augmentation import BatchAugmentation
+from leukemia.data.layouts.demo import SPEC_FILE, TEST_CSV_NAMES, DemoSpec, demo_splits, ensure_demo_dataset
+from leukemia.data.layouts.lab import lab_splits, read_lab_csv
+from leukemia.data.loading import class_weights, make_loader, preview
+from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
-from leukemia.layouts import demo_splits, lab_splits, read_lab_csv
-from leukemia.manifest import Manifest
 
 from conftest import SHARED_DATA, compose_config, write_lab_layout
 
@@ -158,15 +159,17 @@ def test_the_balanced_sampler_draws_both_classes_equally_often(tmp_path):
 def test_the_preview_leaves_the_random_sequence_unchanged(tmp_path):
     root = write_lab_layout(tmp_path, {"train": 20})
     manifest = read_lab_csv(root / "train.csv", "train", labelled=True)
-    augmented = preprocessing(36, 32, [0, 0, 0], [1, 1, 1], build_augmentation(compose_config().augmentation))
+    augmentation = BatchAugmentation(compose_config().augmentation, [0, 0, 0], [1, 1, 1], torch.device("cpu"), 0)
     torch.manual_seed(0)
     random.seed(0)
-    batch = preview(manifest, augmented, count=8)
+    batch = preview(manifest, 36, 32, count=8)
+    shown = augmentation(batch.images, train=True)
     after = (torch.rand(3), random.random())
     torch.manual_seed(0)
     random.seed(0)
     assert torch.equal(after[0], torch.rand(3)) and after[1] == random.random()
     assert batch.images.shape == (8, 3, 32, 32) and set(batch.labels.tolist()) == {0, 1}
+    assert batch.images.dtype == torch.uint8 and shown.shape == (8, 3, 32, 32) and shown.max() <= 1
 
 
 def test_missing_root_names_the_path_and_suggests_demo(tmp_path):

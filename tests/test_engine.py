@@ -4,10 +4,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torchvision_reference import preprocessing
 
-from leukemia.data import make_loader, preprocessing
-from leukemia.engine import predict
-from leukemia.layouts import read_lab_csv
+from leukemia.data.layouts.lab import read_lab_csv
+from leukemia.data.loading import make_loader
+from leukemia.training.engine import predict
 
 from conftest import write_lab_layout
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 from sklearn import metrics as reference
+from torchvision_reference import preprocessing
 
-from leukemia.data import preprocessing
 from leukemia.models import build_model
 
 from conftest import FAST, client_for, run_cli, signal_after, start, write_lab_layout
+
+pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
 
 EPOCHS = 3
 
@@ -147,8 +149,8 @@ def test_a_run_without_weights_is_named(tmp_path):
     root = write_lab_layout(tmp_path / "data", {"train": 8, "valid": 4})
     (root / "valid" / "3.bmp").write_bytes(b"BM truncated")  # fails the run in its first validation
     crashed = run_cli(
-        *FAST, f"data.root={root}", "trainer.epochs=1", "run_name=crashed", "data.pipeline=pil", cwd=tmp_path
-    )  # the PIL path meets the file mid-run
+        *FAST, f"data.root={root}", "trainer.epochs=1", "run_name=crashed", "data.cache=false", cwd=tmp_path
+    )  # decoding per image meets the file mid-run
     assert crashed.returncode == 1
     (failed,) = runs_by_kind(tmp_path, "train")
     result = run_cli("task=eval", f"run_id={failed.info.run_id}", cwd=tmp_path)
@@ -190,7 +192,6 @@ def test_plot_without_a_sweep_says_what_to_do(tmp_path):
     assert "no sweep runs in sqlite:///mlflow.db; run a sweep" in last_line(result)
 
 
-@pytest.mark.slow
 def test_a_stopped_evaluation_ends_its_run_killed_with_exit_143(trained, tmp_path):
     folder, _, run = trained
     many = write_lab_layout(tmp_path / "many", {"train": 4, "valid": 4, "test": 3000})

@@ -6,9 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from leukemia.data.layouts import load_splits
+from leukemia.data.manifest import Manifest, Splits, limit_manifest, summarize, summary_lines
+from leukemia.data.splitting import split_by_subject
 from leukemia.errors import UserError
-from leukemia.layouts import load_splits
-from leukemia.manifest import Manifest, Splits, limit_manifest, split_by_subject, summarize, summary_lines
 
 from conftest import compose_config, write_lab_layout
 

@@ -16,8 +16,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from leukemia.data.layouts import load_splits
 from leukemia.errors import UserError
-from leukemia.layouts import load_splits
 
 from conftest import (
     FAST,
@@ -123,11 +123,11 @@ def bomb(path: Path, side: int = 30_000) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["tensor", "pil"])
-def test_an_image_claiming_a_huge_size_is_refused_or_skipped_like_any_unreadable_file(tmp_path, pipeline):
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_an_image_claiming_a_huge_size_is_refused_or_skipped_like_any_unreadable_file(tmp_path, cache):
     root = write_lab_layout(tmp_path / "data", {"train": 17, "valid": 8})
     bomb(root / "train" / "5.bmp")
-    args = (*FAST, f"data.root={root}", "trainer.epochs=1", f"data.pipeline={pipeline}")
+    args = (*FAST, f"data.root={root}", "trainer.epochs=1", f"data.cache={cache}")
     refused = run_cli(*args, cwd=tmp_path)
     assert refused.returncode == 1
     line = last_line(refused.stderr)
@@ -142,10 +142,10 @@ def test_an_image_claiming_a_huge_size_is_refused_or_skipped_like_any_unreadable
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["tensor", "pil"])
-def test_a_last_training_batch_of_one_image_does_not_fail_the_epoch(tmp_path, pipeline):
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_a_last_training_batch_of_one_image_does_not_fail_the_epoch(tmp_path, cache):
     root = write_lab_layout(tmp_path / "data", {"train": 17, "valid": 8})  # batch 16: a last batch of one
-    result = run_cli(*FAST, f"data.root={root}", "trainer.epochs=2", f"data.pipeline={pipeline}", cwd=tmp_path)
+    result = run_cli(*FAST, f"data.root={root}", "trainer.epochs=2", f"data.cache={cache}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert runs_of(tmp_path)[1][0].info.status == "FINISHED"
 
@@ -179,6 +179,7 @@ def test_an_empty_path_cell_in_a_csv_manifest_is_named(tmp_path):
         load_splits(compose_config("data=csv", f"data.root={tmp_path}").data)
 
 
+@pytest.mark.slow
 def test_an_unwritable_sqlite_location_fails_at_once_in_one_line(tmp_path):
     started = time.monotonic()
     result = run_cli("tracking.uri=sqlite:////proc/leukemia/mlflow.db", cwd=tmp_path, timeout=120)
@@ -189,6 +190,7 @@ def test_an_unwritable_sqlite_location_fails_at_once_in_one_line(tmp_path):
     assert time.monotonic() - started < 60  # not MLflow's two minutes of retries
 
 
+@pytest.mark.slow
 def test_a_deleted_experiment_is_refused_before_any_run_opens(tmp_path):
     client = client_for(tmp_path)
     client.delete_experiment(client.create_experiment("old"))
@@ -199,6 +201,7 @@ def test_a_deleted_experiment_is_refused_before_any_run_opens(tmp_path):
     assert client.search_runs([client.get_experiment_by_name("old").experiment_id], run_view_type=3) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["hydra.run.dir=/proc/leukemia-out", "paths.cache_dir=/proc/leukemia-cache"])
 def test_a_folder_that_cannot_be_made_is_named_in_one_line(tmp_path, setting):
     result = run_cli(setting, "trainer.epochs=1", cwd=tmp_path, timeout=300)

@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
-from torchvision import transforms
 
-from leukemia.augmentation import build_augmentation
-from leukemia.optim import build_optimizer, build_scheduler
+from leukemia.data.augmentation import BatchAugmentation
+from leukemia.training.optim import build_optimizer, build_scheduler
 
 from conftest import compose_config
 
@@ -56,39 +55,49 @@ def test_schedulers_shape_the_learning_rate_per_epoch():
     assert cosine[0] == 0.1 and all(a > b for a, b in zip(cosine, cosine[1:], strict=False)) and cosine[-1] > 0
 
 
-def test_lab_augmentation_is_a_random_order_of_rotation_and_flips():
-    augmentation = build_augmentation(compose_config("augmentation=lab").augmentation)
-    assert isinstance(augmentation, transforms.RandomOrder)
-    kinds = {type(step): step for step in augmentation.transforms}
-    assert kinds.keys() == {transforms.RandomRotation, transforms.RandomHorizontalFlip, transforms.RandomVerticalFlip}
-    assert kinds[transforms.RandomRotation].degrees == [-20.0, 20.0]
-    assert kinds[transforms.RandomHorizontalFlip].p == 0.5 and kinds[transforms.RandomVerticalFlip].p == 0.5
+def batch_augmentation(*overrides: str, seed: int = 0) -> BatchAugmentation:
+    cfg = compose_config(*overrides).augmentation
+    return BatchAugmentation(cfg, [0.0, 0.0, 0.0], [1 / 255] * 3, torch.device("cpu"), seed)  # output = pixel values
+
+
+def cells(count: int = 64) -> torch.Tensor:
+    """A bright square off centre on black: each rotation, flip and zoom moves it somewhere else."""
+    images = torch.zeros(count, 3, 16, 16, dtype=torch.uint8)
+    images[:, :, 2:7, 3:8] = 200
+    return images
+
+
+def test_lab_augmentation_rotates_and_flips_with_the_configured_ranges():
+    augment = batch_augmentation("augmentation=lab")
+    assert (augment.degrees, augment.hflip_p, augment.vflip_p, augment.scale_jitter) == (20, 0.5, 0.5, 0)
+    images = cells()
+    out = augment(images, train=True)
+    assert not torch.equal(out, images.float())  # training batches move
+    assert torch.equal(augment(images, train=False), images.float())  # validation batches do not
 
 
 def test_no_augmentation_means_no_transform():
-    assert build_augmentation(compose_config("augmentation=none").augmentation) is None
+    augment = batch_augmentation("augmentation=none")
+    assert torch.equal(augment(cells(), train=True), cells().float())
 
 
-def test_fixed_order_when_random_order_is_off():
-    cfg = compose_config("augmentation.random_order=false", "augmentation.vflip_p=0")
-    augmentation = build_augmentation(cfg.augmentation)
-    assert isinstance(augmentation, transforms.Compose)
-    assert [type(step) for step in augmentation.transforms] == [
-        transforms.RandomRotation,
-        transforms.RandomHorizontalFlip,
-    ]
+def test_random_order_gives_the_same_draws_as_the_fixed_order():
+    """Angles are symmetric around 0, so flips then rotation has the distribution of rotation then flips: the
+    batch path applies one fixed order whatever ``augmentation.random_order`` says."""
+    ordered = batch_augmentation("augmentation.random_order=false")(cells(), train=True)
+    assert torch.equal(batch_augmentation("augmentation.random_order=true")(cells(), train=True), ordered)
 
 
-def test_zoom_and_colour_jitter_on_the_pil_path_are_an_affine_then_a_colour_jitter():
-    cfg = compose_config("augmentation.scale_jitter=0.1", "augmentation.brightness=0.2", "augmentation.saturation=0.3")
-    augmentation = build_augmentation(cfg.augmentation)
-    geometric, colour = augmentation.transforms  # colour after the geometry, so the black fill stays black
-    affine = next(step for step in geometric.transforms if isinstance(step, transforms.RandomAffine))
-    assert affine.degrees == [-20.0, 20.0] and affine.scale == (0.9, 1.1)
-    assert isinstance(colour, transforms.ColorJitter)
-    assert colour.brightness == (0.8, 1.2) and colour.saturation == (0.7, 1.3) and colour.contrast is None
-    only_colour = build_augmentation(compose_config("augmentation=none", "augmentation.contrast=0.1").augmentation)
-    assert [type(step) for step in only_colour.transforms] == [transforms.ColorJitter]
+def test_zoom_and_colour_jitter_come_after_the_geometry_so_the_fill_stays_black():
+    augment = batch_augmentation("augmentation.scale_jitter=0.1", "augmentation.brightness=0.2",
+                                 "augmentation.saturation=0.3")  # fmt: skip
+    assert (augment.scale_jitter, augment.brightness, augment.saturation, augment.contrast) == (0.1, 0.2, 0.3, 0)
+    images = torch.zeros(32, 3, 16, 16, dtype=torch.uint8)
+    images[:, :, 4:12, 4:12] = torch.tensor([120, 60, 150], dtype=torch.uint8).view(1, 3, 1, 1)
+    out = augment(images, train=True)
+    assert torch.equal(out[:, :, 0, 0], torch.zeros(32, 3))  # a corner: the black fill, black after jitter
+    centre = out[:, :, 8, 8]
+    assert centre.std(dim=0).min() > 1  # brightness and saturation vary per image
 
 
 def test_warm_up_then_cosine():

@@ -9,6 +9,8 @@ import torch
 
 from conftest import FAST, client_for, histories, run_cli, run_id_of, signal_after, start, training_args
 
+pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
+
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 
@@ -100,7 +102,6 @@ def test_a_diverging_loss_fails_the_run_naming_epoch_batch_and_lr(tiny_lab, tmp_
     assert run.info.status == "FAILED"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "times", "code"), [(signal.SIGTERM, 1, 143), (signal.SIGINT, 2, 130)],
                          ids=["SIGTERM", "SIGINT-twice"])  # fmt: skip
 def test_a_signal_to_the_whole_process_group_ends_the_run_killed_and_it_resumes_exactly(
@@ -122,7 +123,6 @@ def test_a_signal_to_the_whole_process_group_ends_the_run_killed_and_it_resumes_
     assert histories(client, run_id) == histories(client, uninterrupted)
 
 
-@pytest.mark.slow
 def test_a_run_stopped_in_its_first_epoch_starts_over_in_the_same_run(tiny_lab, tmp_path):
     process = start((*FAST, f"data.root={tiny_lab}", "data.image_size=96", "trainer.epochs=2"), tmp_path)
     output = signal_after(process, signal.SIGTERM, marker="MLflow run ")  # logged as the first epoch begins

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from leukemia.tracking import LOCK_PAUSES_S, tracked_run
+from leukemia.tracking import tracked_run
+from leukemia.tracking.store import LOCK_PAUSES_S
 
 from conftest import FAST, compose_config, run_cli, runs_of
 
@@ -30,6 +31,7 @@ def last_line(result: subprocess.CompletedProcess) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_three_parallel_joblib_jobs_on_one_sqlite_store_lose_nothing(tiny_lab, tmp_path):
     cache = tmp_path / "cache"
     sweep = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", "optim.lr=0.1,0.01,0.001")
@@ -54,6 +56,7 @@ def test_three_parallel_joblib_jobs_on_one_sqlite_store_lose_nothing(tiny_lab, t
     assert not list(decoded.glob("*.partial*"))
 
 
+@pytest.mark.slow
 def test_a_failing_parallel_job_lets_the_others_finish_and_the_sweep_exits_1(tiny_lab, tmp_path):
     result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, f"data.root={tiny_lab}",
                      "trainer.epochs=1", "optim.lr=0.01,-1", cwd=tmp_path)  # fmt: skip
@@ -64,6 +67,7 @@ def test_a_failing_parallel_job_lets_the_others_finish_and_the_sweep_exits_1(tin
     assert [(run.data.params["optim.lr"], run.info.status) for run in runs] == [("0.01", "FINISHED")]
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_the_jobs(tiny_lab, tmp_path):
     result = run_cli("-m", "hydra/launcher=submitit_local", *FAST, f"data.root={tiny_lab}", "trainer.epochs=1",
                      "optim.lr=0.01,0.001", cwd=tmp_path)  # fmt: skip
@@ -82,6 +86,7 @@ def test_slurm_launcher_config_sets_gpus_time_and_takes_a_partition():
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_three_trials_as_tagged_runs_and_names_the_best(tiny_lab, tmp_path):
     result = run_cli("-m", "hparams_search=sgd_optuna", "hydra.sweeper.n_trials=3", *FAST, f"data.root={tiny_lab}",
                      "trainer.epochs=1", cwd=tmp_path)  # fmt: skip
@@ -105,6 +110,7 @@ def test_optuna_search_runs_three_trials_as_tagged_runs_and_names_the_best(tiny_
     assert f"best trial of 3: {tagged[0].info.run_name}" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_search_pushing_the_monitor_the_wrong_way_is_refused_before_any_trial(tmp_path):
     result = run_cli("-m", "hparams_search=sgd_optuna", "trainer.monitor=val_loss", cwd=tmp_path)
     assert result.returncode == 1
@@ -150,6 +156,7 @@ def mlflow_server(tmp_path_factory):
     log.close()
 
 
+@pytest.mark.slow
 def test_a_run_against_a_tracking_server_finishes_there_with_proxied_artifacts(mlflow_server, tiny_lab, tmp_path):
     uri, server_folder = mlflow_server
     result = run_cli(*FAST, f"data.root={tiny_lab}", "trainer.epochs=2", f"tracking.uri={uri}", cwd=tmp_path)
@@ -171,6 +178,7 @@ def test_a_run_against_a_tracking_server_finishes_there_with_proxied_artifacts(m
     assert [child.info.status for child in children] == ["FINISHED"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
 def test_an_unreachable_server_fails_in_one_line_before_data_is_read(tmp_path, sweep):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there

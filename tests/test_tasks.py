@@ -4,8 +4,9 @@ import torch
 
 from leukemia.config import Device, Monitor
 from leukemia.errors import UserError
-from leukemia.tasks.common import default_run_name, resolve_device
-from leukemia.tasks.train import BestEpoch
+from leukemia.tasks.context import default_run_name
+from leukemia.training.loop import BestEpoch
+from leukemia.training.runtime import resolve_device
 
 from conftest import compose_config
 

@@ -16,12 +16,13 @@ from omegaconf import DictConfig
 
 from leukemia.config import Task, check_config
 from leukemia.errors import UserError, file_system_error
-from leukemia.sweep import record_job_failure
-from leukemia.tasks.common import Stopped, StopRequest, in_sweep, output_dir
+from leukemia.tasks.context import in_sweep, output_dir
 from leukemia.tasks.evaluate import evaluate
 from leukemia.tasks.report import plot
 from leukemia.tasks.train import train
 from leukemia.tracking import prepare_store
+from leukemia.tracking.sweep import record_job_failure
+from leukemia.training.stopping import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
 

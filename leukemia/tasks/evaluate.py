@@ -11,31 +11,26 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from leukemia.config import TTA, check_config, typed
-from leukemia.engine import predict
+from leukemia.config import GROUPS, TTA, Config, check_config
+from leukemia.data.cache import cache_folder
+from leukemia.data.feed import Feed, build_feed
+from leukemia.data.layouts import load_splits
+from leukemia.data.manifest import CLASS_NAMES, Manifest
 from leukemia.errors import UserError
-from leukemia.figures import confusion_matrix_figure
-from leukemia.layouts import load_splits
-from leukemia.manifest import CLASS_NAMES, Manifest
-from leukemia.metrics import classification_metrics, confusion_counts, confusion_matrix, roc_auc
 from leukemia.models import build_model, load_trained, read_state_dict
-from leukemia.pipeline import Feed, build_feed
-from leukemia.tasks.common import (
-    Acceleration,
-    command_line_overrides,
-    decode_cache_folder,
-    launch_context,
-    output_dir,
-    override_key,
-    resolve_device,
-)
+from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, override_key, sweep_job_number
 from leukemia.tracking import Run, Store, tracked_run
+from leukemia.tracking.figures import confusion_matrix_figure
+from leukemia.training.engine import predict
+from leukemia.training.metrics import classification_metrics, confusion_counts, confusion_matrix, roc_auc
+from leukemia.training.runtime import Acceleration, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +38,18 @@ SUBMISSION = "submission.csv"
 PREDICTIONS = "predictions.csv"
 # Keys the eval command sets for itself rather than taking from the evaluated run.
 EVAL_KEYS = ("task", "run_id", "weights", "eval", "tracking", "trainer.device", "trainer.progress", "hydra")
-GROUPS = ("model", "optim", "scheduler", "augmentation", "data")
 
 
-def evaluation_feed(cfg: DictConfig, manifest: Manifest, device: torch.device) -> Feed:
+def evaluation_feed(cfg: Config, manifest: Manifest, device: torch.device) -> Feed:
     """In order, no augmentation, larger batches; never skips a file (every test row needs a prediction)."""
     batch_size = cfg.data.batch_size * cfg.eval.batch_factor
+    cache = cache_folder(cfg.paths.cache_dir)
     return build_feed(manifest, cfg.data, cfg.augmentation, train=False, device=device, seed=cfg.seed,
-                      cache_folder=decode_cache_folder(cfg), batch_size=batch_size, skip_bad=False)  # fmt: skip
+                      cache_folder=cache, batch_size=batch_size, skip_bad=False)  # fmt: skip
 
 
 def evaluate_test(
-    model: nn.Module, cfg: DictConfig, test: Manifest, device: torch.device, run: Run, acceleration: Acceleration
+    model: nn.Module, cfg: Config, test: Manifest, device: torch.device, run: Run, acceleration: Acceleration
 ) -> dict:
     """Predict the test split; write and log ``submission.csv`` (``ID,label``: the test CSV's own IDs, same
     rows, same order) and ``predictions.csv``; with labels, log and return the ``test_*`` metrics."""
@@ -88,13 +83,13 @@ def evaluate_test(
     return metrics
 
 
-def config_of_run(stored: DictConfig, cfg: DictConfig) -> DictConfig:
-    """The evaluated run's resolved config, typed again by its data schema (keys added since default), with
-    the eval command's own keys and its single-key overrides (``data.root=…``) on top."""
-    missing = [key for key in ("model", "data", "trainer") if key not in stored]
+def config_of_run(merged: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The evaluated run's stored config (typed again by the current schemas), with the eval command's own keys
+    and its single-key overrides (``data.root=…``) on top."""
+    missing = [key for key in ("model", "data") if OmegaConf.is_missing(merged, key)]
     if missing:
         raise UserError(f"run {cfg.run_id}: its config/config.yaml lacks {missing}; task=eval reads runs of task=train")
-    merged = typed(stored)
+    own_groups = {key: merged[key].name for key in GROUPS}
     for key in ("task", "eval", "tracking", "run_id", "weights"):
         OmegaConf.update(merged, key, cfg[key], force_add=True)
     OmegaConf.update(merged, "trainer", {"device": cfg.trainer.device, "progress": cfg.trainer.progress}, merge=True)
@@ -102,7 +97,7 @@ def config_of_run(stored: DictConfig, cfg: DictConfig) -> DictConfig:
         key = override_key(override)
         if key.startswith(EVAL_KEYS):
             continue
-        if key in GROUPS and override.split("=", 1)[1] == stored[key].name:
+        if key in GROUPS and override.split("=", 1)[1] == own_groups[key]:
             continue  # naming the run's own option changes nothing
         if key in GROUPS or "." not in key:
             raise UserError(
@@ -113,28 +108,41 @@ def config_of_run(stored: DictConfig, cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate a run's best weights (``run_id=``) or a state_dict file (``weights=``) on the test split."""
+class Source(NamedTuple):
+    """What an evaluation evaluates: the weights, the config they were trained with, and how to name them."""
+
+    cfg: DictConfig
+    state: dict[str, torch.Tensor]
+    label: str  # how messages name the weights
+    run_name: str
+    parent: str | None  # the evaluated run, which the evaluation run is nested under
+
+
+def _source(cfg: DictConfig) -> Source:
+    """A run's best weights and its own config (``run_id=``), or a state_dict file and the command line's."""
     if bool(cfg.run_id) == bool(cfg.weights):
         raise UserError("task=eval needs exactly one of run_id=<MLflow run id> or weights=<state_dict file>")
+    if not cfg.run_id:
+        weights = Path(cfg.weights)
+        return Source(cfg, read_state_dict(weights, "weights"), f"weights={weights}", f"eval-{weights.stem}", None)
+    store = Store(cfg.tracking.uri)
+    source = store.run(cfg.run_id)
     with tempfile.TemporaryDirectory() as scratch:
-        if cfg.run_id:
-            store = Store(cfg.tracking.uri)
-            source = store.run(cfg.run_id)
-            no_weights = "the run ended before a validation epoch; evaluate a file with weights=<path> instead"
-            weights_file = store.download(source, "weights/best.pt", Path(scratch), no_weights)
-            no_config = "task=eval reads runs made by task=train"
-            stored = OmegaConf.load(store.download(source, "config/config.yaml", Path(scratch), no_config))
-            run_cfg = config_of_run(stored, cfg)
-            label, name, parent = f"run {source.id}'s weights/best.pt", f"{source.name}-eval", source.id
-        else:
-            run_cfg, weights_file = cfg, Path(cfg.weights)
-            label, name, parent = f"weights={weights_file}", f"eval-{weights_file.stem}", None
-        state = read_state_dict(weights_file, "weights")
-    check_config(run_cfg)
-    device = resolve_device(cfg.trainer.device)
+        no_weights = "the run ended before a validation epoch; evaluate a file with weights=<path> instead"
+        state = read_state_dict(store.download(source, "weights/best.pt", Path(scratch), no_weights), "weights")
+    run_cfg = config_of_run(store.stored_config(source, "task=eval reads runs made by task=train"), cfg)
+    return Source(run_cfg, state, f"run {source.id}'s weights/best.pt", f"{source.name}-eval", source.id)
+
+
+def evaluate(composed: DictConfig) -> dict[str, float]:
+    """Evaluate a run's best weights (``run_id=``) or a state_dict file (``weights=``) on the test split."""
+    source = _source(composed)
+    check_config(source.cfg)
+    cfg: Config = OmegaConf.to_object(composed)
+    run_cfg: Config = OmegaConf.to_object(source.cfg)
+    device = resolve_device(cfg.trainer.device, sweep_job_number())
     model = build_model(run_cfg.model.depth, run_cfg.model.num_classes)
-    load_trained(model, state, label, run_cfg.model.name)
+    load_trained(model, source.state, source.label, run_cfg.model.name)
     test = load_splits(run_cfg.data).test
     if test is None:
         raise UserError(
@@ -142,11 +150,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"data.test_set) at a test set"
         )
     _, tags = launch_context(cfg)
-    tags |= {"model": run_cfg.model.name, "data": run_cfg.data.name, "evaluated": parent or str(weights_file)}
-    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, cfg.tracking.ui_url, parent) as run:
+    tags |= {
+        "model": run_cfg.model.name,
+        "data": run_cfg.data.name,
+        "evaluated": source.parent or str(Path(cfg.weights)),
+    }
+    track = cfg.tracking
+    with tracked_run(track.uri, track.experiment, source.run_name, tags, track.ui_url, source.parent) as run:
         log.info("evaluation run %s (%d test images): %s", run.id, len(test), run.link)
         run.log_params({"eval.tta": TTA(cfg.eval.tta).value, "data.root": run_cfg.data.root, "test.source": test.source,
-                        "test.images": len(test), "weights": label})  # fmt: skip
+                        "test.images": len(test), "weights": source.label})  # fmt: skip
         acceleration = Acceleration.for_device(cfg.trainer, device)
         runnable = acceleration.model(model, device, compile_model=False)
         return evaluate_test(runnable, run_cfg, test, device, run, acceleration)

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from leukemia.config import Config
+from leukemia.data.manifest import CLASS_NAMES
 from leukemia.errors import UserError
-from leukemia.figures import comparison_figure, confusion_grid_figure
-from leukemia.manifest import CLASS_NAMES
-from leukemia.tasks.common import launch_context, output_dir
+from leukemia.tasks.context import launch_context, output_dir
 from leukemia.tracking import RunRecord, Store, tracked_run
+from leukemia.tracking.figures import comparison_figure, confusion_grid_figure
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ NOT_HYPERPARAMETERS = ("dataset.", "paths.", "tracking.", "run_name", "run_id", 
                        "model.depth", "data.test_csv", "data.test_labels_csv")  # fmt: skip
 
 
-def select_runs(store: Store, cfg: DictConfig) -> tuple[list[RunRecord], str]:
+def select_runs(store: Store, cfg: Config) -> tuple[list[RunRecord], str]:
     """The runs to compare and what they are (for titles): ``plot.runs``, else the newest sweep's jobs."""
     if cfg.plot.runs:
         return [store.run(run_id, key="plot.runs") for run_id in cfg.plot.runs], f"{len(cfg.plot.runs)} runs"
@@ -164,9 +165,22 @@ def confusion_matrices(store: Store, runs: list[RunRecord], labels: list[str], s
     return matrices
 
 
-def plot(cfg: DictConfig) -> dict[str, float]:
+def write_tables(folder: Path, runs: list[RunRecord], varying: list[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The summary table and, over fold runs, the cross-validation summary, as CSV and Markdown in ``folder``."""
+    table = summary_table(runs, varying)
+    table.to_csv(folder / "summary.csv", index=False)
+    (folder / "summary.md").write_text(markdown(table))
+    folds = cv_summary(runs, varying)
+    if folds is not None:
+        folds.to_csv(folder / "cv_summary.csv", index=False)
+        (folder / "cv_summary.md").write_text(markdown(readable(folds)))
+    return table, folds
+
+
+def plot(composed: DictConfig) -> dict[str, float]:
     """Compare runs: figures and tables into the output folder and a new "report" run; returns nothing to
     optimise (an empty dict)."""
+    cfg: Config = OmegaConf.to_object(composed)
     store = Store(cfg.tracking.uri)
     runs, what = select_runs(store, cfg)
     varying = varying_params(runs)
@@ -176,15 +190,8 @@ def plot(cfg: DictConfig) -> dict[str, float]:
     }
     folder = output_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    table = summary_table(runs, varying)
-    table.to_csv(folder / "summary.csv", index=False)
-    (folder / "summary.md").write_text(markdown(table))
-    tables = ["summary.csv", "summary.md"]
-    folds = cv_summary(runs, varying)
-    if folds is not None:
-        folds.to_csv(folder / "cv_summary.csv", index=False)
-        (folder / "cv_summary.md").write_text(markdown(readable(folds)))
-        tables += ["cv_summary.csv", "cv_summary.md"]
+    table, folds = write_tables(folder, runs, varying)
+    tables = ["summary.csv", "summary.md"] + (["cv_summary.csv", "cv_summary.md"] if folds is not None else [])
     with tempfile.TemporaryDirectory() as scratch:
         matrices = confusion_matrices(store, runs, labels, Path(scratch))
     figures = {

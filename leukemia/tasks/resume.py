@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from leukemia.checkpoint import LOCK_FILE, claimed, load_checkpoint
-from leukemia.config import Task, typed
+from leukemia.config import Task
 from leukemia.errors import UserError
-from leukemia.tasks.common import RUN_KINDS, command_line_overrides, override_key
+from leukemia.tasks.context import RUN_KINDS, command_line_overrides, override_key
 from leukemia.tracking import Run, RunRecord, Store
+from leukemia.training.checkpoint import LOCK_FILE, claimed, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +45,9 @@ def _resolved(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def config_to_resume(stored: DictConfig, cfg: DictConfig, run_id: str) -> DictConfig:
-    """The run's own config with the command line's permitted settings; any other override must leave the
-    run's value as it was (a requeued cluster job repeats its sweep's overrides)."""
-    merged = typed(stored)
+def config_to_resume(merged: DictConfig, cfg: DictConfig, run_id: str) -> DictConfig:
+    """The run's own config (as stored, typed again) with the command line's permitted settings; any other
+    override must leave the run's value as it was (a requeued cluster job repeats its sweep's overrides)."""
     OmegaConf.update(merged, "resume", run_id, force_add=True)
     for override in command_line_overrides():
         key = override_key(override)
@@ -97,9 +95,7 @@ def resume_point(cfg: DictConfig, run_id: str, hold: ExitStack) -> ResumePoint:
     kind = record.tags.get("kind")
     if kind != RUN_KINDS[Task.train]:
         raise UserError(f"resume={record.id}: run {record.name} is a {kind} run; resume continues runs of task=train")
-    with tempfile.TemporaryDirectory() as scratch:
-        why = "resume continues runs made by task=train"
-        stored = OmegaConf.load(store.download(record, "config/config.yaml", Path(scratch), why))
+    stored = store.stored_config(record, "resume continues runs made by task=train")
     run_cfg = config_to_resume(stored, cfg, record.id)
     if CHECKPOINT_TAG not in record.tags:
         raise UserError(f"resume={record.id}: run {record.name} has no checkpoint (it ran before checkpoints)")

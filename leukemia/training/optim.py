@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 
+from leukemia.config import OptimConfig, SchedulerConfig
 
-def build_optimizer(optim_cfg: Any, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+
+def build_optimizer(optim_cfg: OptimConfig, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(
             parameters,
@@ -27,7 +28,7 @@ def build_optimizer(optim_cfg: Any, parameters: Iterable[torch.nn.Parameter]) ->
     )
 
 
-def build_scheduler(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs: int, done: int = 0):
+def build_scheduler(scheduler_cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int, done: int = 0):
     """A per-epoch scheduler for a run of ``epochs`` epochs, or None for a constant learning rate. ``done``
     epochs already trained (a resumed run) are stepped past: a run given more epochs on resume follows, from
     there on, the schedule a fresh run of the new length would."""
@@ -41,7 +42,7 @@ def build_scheduler(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs
     return scheduler
 
 
-def _schedule(scheduler_cfg: Any, optimizer: torch.optim.Optimizer, epochs: int):
+def _schedule(scheduler_cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int):
     if scheduler_cfg.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, scheduler_cfg.step_size, scheduler_cfg.gamma)
     if scheduler_cfg.name == "cosine":

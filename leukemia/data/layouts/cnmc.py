@@ -11,19 +11,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from leukemia.config import CnmcTestSet, SplitMethod
+from leukemia.config import CnmcDataConfig, CnmcTestSet, SplitMethod
+from leukemia.data.manifest import Manifest, Splits, check_labels, first_few, missing_files_error, read_csv_columns
+from leukemia.data.splitting import split_by_subject
 from leukemia.errors import UserError
-from leukemia.manifest import (
-    Manifest,
-    Splits,
-    check_labels,
-    first_few,
-    missing_files_error,
-    read_csv_columns,
-    split_by_subject,
-)
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +177,7 @@ def test_manifest(root: Path, test_set: CnmcTestSet) -> Manifest | None:
     return prelim_test(folder) if test_set == CnmcTestSet.prelim else final_test(folder)
 
 
-def cnmc_splits(data_cfg: Any) -> Splits:
+def cnmc_splits(data_cfg: CnmcDataConfig) -> Splits:
     """Train/valid from the training folds (``data.split``), test from the published test folder if present."""
     root = Path(data_cfg.root)
     training = training_folder(root)

@@ -40,7 +40,8 @@ class NonFiniteLoss(ArithmeticError):
 
 
 def model_input(images: torch.Tensor, device: torch.device, prepare: Prepare | None, channels_last: bool):
-    """A loader batch on the device as the model takes it: prepared (tensor pipeline), in NHWC if asked."""
+    """A loader batch on the device as the model takes it: prepared (the feed's augmentation and
+    normalisation), in NHWC if asked."""
     images = images.to(device, non_blocking=True)
     if prepare is not None:
         images = prepare(images)
@@ -62,7 +63,7 @@ def run_epoch(
 ) -> EpochResult:
     """Train on the loader when given an optimizer, else evaluate; returns mean loss and all predictions (a
     training batch of one image is left out, see MIN_TRAINING_BATCH).
-    ``prepare`` turns each batch, once on the device, into the model's input (the tensor pipeline); ``amp``
+    ``prepare`` turns each batch, once on the device, into the model's input (the feed's ``prepare``); ``amp``
     runs the forward pass under bf16 autocast and ``channels_last`` feeds NHWC batches (CUDA); ``stop`` is
     called after every batch and raises to end the pass."""
     training = optimizer is not None

@@ -1,8 +1,6 @@
-"""Everything MLflow: the one module that imports it.
-
-A run is opened with an explicit name (never MLflow's random one, which repeats once the RNG is seeded) and is
-always closed with a final status: FINISHED, FAILED on an error, KILLED on Ctrl-C. ``Store`` reads finished
-runs back (config, weights, metric histories) for evaluation and reports.
+"""The tracking store: checked and prepared before a task runs, writes retried while another job holds it,
+and ``Store``, which reads finished runs back (config, weights, metric histories) for evaluation, resume and
+reports.
 """
 
 from __future__ import annotations
@@ -15,19 +13,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
-import torch
-from matplotlib import pyplot as plt
-from mlflow.entities import LifecycleStage, RunStatus
+from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
 
+from leukemia.config import typed
 from leukemia.errors import NO_SPACE, UserError
 
 log = logging.getLogger(__name__)
@@ -163,112 +161,6 @@ def prepare_store(uri: str, experiment: str) -> None:
     ensure_experiment(uri, experiment)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}, the form MLflow params take."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def run_link(ui_url: str, experiment_id: str, run_id: str) -> str:
-    """Deep link into the MLflow UI's runs table (not its default GenAI traces view)."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
-
-
-class Run:
-    """The open MLflow run: what a task logs goes through here."""
-
-    def __init__(self, run: mlflow.ActiveRun, ui_url: str):
-        self.id = run.info.run_id
-        self.name = run.info.run_name
-        self.experiment_id = run.info.experiment_id
-        self.ui_url = ui_url
-
-    @property
-    def link(self) -> str:
-        return run_link(self.ui_url, self.experiment_id, self.id)
-
-    @property
-    def where_to_look(self) -> str:
-        """The link, and for a local store the folder `mlflow ui` must be started in."""
-        local = "" if is_server(mlflow.get_tracking_uri()) else f" (start `mlflow ui` in {Path.cwd()} first)"
-        return f"open {self.link}{local}"
-
-    @retry_when_locked
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        mlflow.log_metrics(dict(metrics), step=step)
-
-    @retry_when_locked
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        mlflow.set_tags(dict(tags))
-
-    @retry_when_locked
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        mlflow.log_params(dict(params))
-
-    @retry_when_locked
-    def log_text(self, text: str, artifact_file: str) -> None:
-        mlflow.log_text(text, artifact_file)
-
-    @retry_when_locked
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        mlflow.log_dict(dict(data), artifact_file)
-
-    @retry_when_locked
-    def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=folder)
-
-    @retry_when_locked
-    def log_figure(self, figure: plt.Figure, artifact_file: str) -> None:
-        mlflow.log_figure(figure, artifact_file)
-        plt.close(figure)
-
-    @retry_when_locked
-    def log_state_dict(self, state_dict: Mapping[str, torch.Tensor], artifact_file: str) -> None:
-        """Save weights as a plain state_dict (loadable with torch.load(..., weights_only=True))."""
-        artifact = Path(artifact_file)
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / artifact.name
-            torch.save(dict(state_dict), path)
-            mlflow.log_artifact(str(path), artifact_path=str(artifact.parent) if artifact.parent.parts else None)
-
-
-@contextmanager
-def tracked_run(
-    uri: str,
-    experiment: str,
-    run_name: str,
-    tags: Mapping[str, str],
-    ui_url: str | None,
-    parent_run_id: str | None = None,
-    reopen_run_id: str | None = None,
-) -> Iterator[Run]:
-    """Open a run in ``experiment`` at ``uri`` (nested under ``parent_run_id`` if given), or reopen the run
-    ``reopen_run_id`` (its tags updated with ``tags``); close it FINISHED, FAILED or KILLED."""
-    mlflow.set_tracking_uri(uri)
-    if reopen_run_id:
-        active = retry_when_locked(mlflow.start_run)(run_id=reopen_run_id)
-        retry_when_locked(mlflow.set_tags)(dict(tags))
-    else:
-        experiment_id = ensure_experiment(uri, experiment)
-        tags = dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
-        active = retry_when_locked(mlflow.start_run)(experiment_id=experiment_id, run_name=run_name, tags=tags)
-    status = RunStatus.to_string(RunStatus.FAILED)
-    try:
-        yield Run(active, ui_base(uri, ui_url))
-        status = RunStatus.to_string(RunStatus.FINISHED)
-    except KeyboardInterrupt:
-        status = RunStatus.to_string(RunStatus.KILLED)
-        raise
-    finally:
-        retry_when_locked(mlflow.end_run)(status=status)
-
-
 @dataclass(frozen=True)
 class RunRecord:
     """A logged run as read back: what evaluation and reports need of it."""
@@ -329,6 +221,12 @@ class Store:
         """A metric's values by step (epoch)."""
         points = sorted(self.client.get_metric_history(run_id, key), key=lambda point: point.step)
         return [point.value for point in points]
+
+    def stored_config(self, run: RunRecord, why: str) -> DictConfig:
+        """The run's resolved config as it logged it, typed again by the current schemas (keys added since it
+        ran get their defaults): what evaluation and resume start from."""
+        with tempfile.TemporaryDirectory() as scratch:
+            return typed(OmegaConf.load(self.download(run, "config/config.yaml", Path(scratch), why)))
 
     def download(self, run: RunRecord, artifact: str, folder: Path, why: str) -> Path:
         """The artifact as a local file under ``folder``; ``why`` ends the error when the run lacks it."""

@@ -28,8 +28,8 @@ from torch.utils.data import (
 )
 from torchvision import transforms
 
+from leukemia.data.manifest import CLASS_NAMES, Manifest
 from leukemia.errors import UserError
-from leukemia.manifest import CLASS_NAMES, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +50,12 @@ def framing(crop_size: int | None, image_size: int) -> list:
     return [first, transforms.Resize(image_size, antialias=True)]
 
 
-def preprocessing(
-    crop_size: int | None,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    augmentation: transforms.Compose | None = None,
-) -> transforms.Compose:
-    """Center crop in source pixels, resize, (augment,) to tensor, normalise per channel.
+def decoding(crop_size: int | None, image_size: int) -> transforms.Compose:
+    """Center crop in source pixels (or, without a crop size, a black square pad) and resize to uint8
+    (3, size, size) tensors: all that happens per image, and what the decode cache stores.
 
     Images of any size work: one smaller than ``crop_size`` (or not square) is padded with black, the C-NMC
-    background, to the crop, and the crop is resized to ``image_size``; without a crop size the whole image is
-    padded to a square and resized.
-
-    The seed stopped at the tensor; normalising (ImageNet statistics by default) is what ImageNet weights
-    expect, and without it BatchNorm's running statistics drift so far on these mostly-black images that
-    evaluation-mode predictions collapse to one class after a few epochs.
-    """
-    steps = framing(crop_size, image_size)
-    if augmentation is not None:
-        steps.append(augmentation)
-    steps += [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]
-    return transforms.Compose(steps)
-
-
-def decoding(crop_size: int | None, image_size: int) -> transforms.Compose:
-    """Center crop (or square pad) and resize to uint8 (3, size, size) tensors: the tensor pipeline's per-image
-    part, and what the decode cache stores."""
+    background, to the crop, and the crop is resized to ``image_size``."""
     return transforms.Compose([*framing(crop_size, image_size), transforms.PILToTensor()])
 
 
@@ -269,18 +248,13 @@ def spread(indices: Sequence[int], count: int) -> list[int]:
     return [indices[int(k * step)] for k in range(min(count, len(indices)))]
 
 
-def preview(manifest: Manifest, transform, count: int) -> Batch:
-    """About ``count`` images, evenly spread over each class, through ``transform``: what the network sees.
-    Uses forked random states, so drawing the preview leaves the run's random sequence unchanged."""
+def preview(manifest: Manifest, crop_size: int | None, image_size: int, count: int) -> Batch:
+    """About ``count`` images, evenly spread over each class, decoded as the feed decodes them (uint8)."""
     labels = manifest.labels or [0] * len(manifest)
     groups = [[i for i, label in enumerate(labels) if label == c] for c in sorted(set(labels))]
     chosen = sorted(index for group in groups for index in spread(group, count // len(groups)))
-    dataset = CellImages(manifest, transform, skip_bad=True)
-    python_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        batch = collate([dataset[index] for index in chosen])
-    random.setstate(python_state)
-    return batch
+    dataset = CellImages(manifest, decoding(crop_size, image_size), skip_bad=True)
+    return collate([dataset[index] for index in chosen])
 
 
 def displayable(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

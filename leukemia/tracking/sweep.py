@@ -57,7 +57,8 @@ def check_search_direction(config: DictConfig) -> None:
 
 def report_best_trial(config: DictConfig, sweep_dir: str) -> None:
     """Name the search's best trial as an MLflow run (with its link) and tag it ``best_trial=true``."""
-    from leukemia.tracking import Store, run_link, ui_base
+    from leukemia.tracking import Store, run_link
+    from leukemia.tracking.store import ui_base
 
     store = Store(config.tracking.uri)
     monitor = Monitor(config.trainer.monitor).value

@@ -14,13 +14,16 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from leukemia.config import DemoDataConfig
+from leukemia.data.layouts.lab import lab_splits
+from leukemia.data.manifest import Splits
 from leukemia.errors import UserError
 
 TEST_CSV_NAMES = ("resnet_18_test.csv", "resnet_50_test.csv", "resnet_152_test.csv")
@@ -145,3 +148,9 @@ def ensure_demo_dataset(root: str | Path, spec: DemoSpec) -> Path:
             "delete that folder or give another data.root"
         )
     return root
+
+
+def demo_splits(data_cfg: DemoDataConfig) -> Splits:
+    spec = DemoSpec(**{key.name: getattr(data_cfg, key.name) for key in fields(DemoSpec)})
+    ensure_demo_dataset(data_cfg.root, spec)
+    return lab_splits(data_cfg)

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from leukemia.augmentation import PixelAugmentation
-from leukemia.data import (
+from leukemia.data.loading import (
     Batch,
     CellImages,
     SeededSampler,
@@ -33,8 +32,8 @@ from leukemia.data import (
     quiet_worker,
     worker_context,
 )
+from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
-from leukemia.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,11 @@ class DecodedSplit:
     readable: np.ndarray
     path: Path
     skipped: list[str]  # "path (reason)" of the unreadable files, as the PIL path reports them
+
+
+def cache_folder(cache_dir: str) -> Path:
+    """Where decoded splits are kept under ``paths.cache_dir``: shared by every run and sweep job on a machine."""
+    return Path(cache_dir) / "decoded"
 
 
 def cache_key(manifest: Manifest, crop_size: int, image_size: int) -> str:
@@ -119,43 +123,31 @@ def decoded_split(
 
 class DecodedImages(torch.utils.data.Dataset):
     """Whole batches of cached uint8 pixels, indexed by a list of positions among the readable rows and a seed
-    (one memory-mapped read per batch, not one file per image), augmented per image by ``augment`` if given."""
+    (one memory-mapped read per batch, not one file per image)."""
 
-    def __init__(self, decoded: DecodedSplit, manifest: Manifest, augment: PixelAugmentation | None = None):
+    def __init__(self, decoded: DecodedSplit, manifest: Manifest):
         self.pixels = decoded.pixels
         self.rows = np.flatnonzero(decoded.readable)
         labels = np.asarray(manifest.labels if manifest.labels is not None else [-1] * len(manifest))
         self.labels = torch.from_numpy(labels[self.rows])
-        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, batch: tuple[list[int], int]) -> Batch:
-        positions, seed = batch
+        positions, _ = batch  # the seed: augmentation happens on the device, drawing from its own generator
         positions = sorted(positions)  # ascending rows read the file front to back
-        pixels = self.pixels[self.rows[positions]]
-        pixels = self.augment(pixels, seed) if self.augment is not None else np.ascontiguousarray(pixels)
+        pixels = np.ascontiguousarray(self.pixels[self.rows[positions]])
         return Batch(torch.from_numpy(pixels), self.labels[positions], [])
 
 
 def decoded_loader(
-    decoded: DecodedSplit,
-    manifest: Manifest,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    balanced: bool = False,
-    augment: PixelAugmentation | None = None,
-    num_workers: int = 0,
+    decoded: DecodedSplit, manifest: Manifest, batch_size: int, shuffle: bool, seed: int, balanced: bool = False
 ) -> DataLoader:
-    """Batches of (uint8 images, labels) from the cache: shuffled, class-balanced or in order; augmented in
-    ``num_workers`` processes when ``augment`` is given."""
-    dataset = DecodedImages(decoded, manifest, augment)
+    """Batches of (uint8 images, labels) from the cache: shuffled, class-balanced or in order, read in the main
+    process (a batch is one memory copy)."""
+    dataset = DecodedImages(decoded, manifest)
     generator = torch.Generator().manual_seed(seed)
     order = BatchSampler(epoch_order(dataset, shuffle, generator, balanced, dataset.labels), batch_size, False)
-    workers = num_workers if augment is not None else 0  # reading a batch alone is one memory copy
     return DataLoader(dataset, batch_size=None, sampler=SeededSampler(order, generator),
-                      num_workers=workers, persistent_workers=workers > 0,
-                      multiprocessing_context=worker_context(workers), worker_init_fn=quiet_worker,
                       pin_memory=torch.cuda.is_available())  # fmt: skip

@@ -1,0 +1,70 @@
+"""The feed: for each split a loader of uint8 batches, and what turns each batch, on the training device, into
+the model's input.
+
+Images are decoded, center-cropped and resized to uint8 once (into the decode cache with ``data.cache=true``,
+else per image in the loader's workers); ``BatchAugmentation`` then augments (training only), converts and
+normalises whole batches where the model runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from leukemia.config import AugmentationConfig, Balance, DataConfig, OnBadImage
+from leukemia.data.augmentation import BatchAugmentation
+from leukemia.data.cache import decoded_loader, decoded_split
+from leukemia.data.loading import decoding, make_loader
+from leukemia.data.manifest import Manifest
+
+
+@dataclass
+class Feed:
+    """A split's loader; ``prepare`` turns each batch, once on the device, into the model's input."""
+
+    loader: DataLoader
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    skipped: list[str] = field(default_factory=list)  # unreadable files already left out (decode cache)
+    generators: list[torch.Generator] = field(default_factory=list)  # every random draw of the feed comes from these
+
+    def random_state(self) -> list[torch.Tensor]:
+        """The generators' states at an epoch's end: with them a resumed run draws what this one would have."""
+        return [generator.get_state() for generator in self.generators]
+
+    def restore_random_state(self, states: list[torch.Tensor]) -> None:
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state)
+
+
+def build_feed(
+    manifest: Manifest,
+    data_cfg: DataConfig,
+    aug_cfg: AugmentationConfig,
+    train: bool,
+    device: torch.device,
+    seed: int,
+    cache_folder: Path,
+    batch_size: int | None = None,
+    skip_bad: bool | None = None,
+) -> Feed:
+    """One split's feed: shuffled (or class-balanced) and augmented when ``train``, in order otherwise."""
+    batch_size = batch_size or data_cfg.batch_size
+    skip_bad = data_cfg.on_bad_image == OnBadImage.skip if skip_bad is None else skip_bad
+    balanced = train and data_cfg.balance == Balance.sampler
+    sizes = (data_cfg.crop_size, data_cfg.image_size)
+    augmentation = BatchAugmentation(aug_cfg, list(data_cfg.mean), list(data_cfg.std), device, seed)
+    skipped: list[str] = []
+    if data_cfg.cache:
+        decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
+        skipped = decoded.skipped
+        loader = decoded_loader(decoded, manifest, batch_size, train, seed, balanced)
+    else:
+        loader = make_loader(manifest, decoding(*sizes), batch_size, data_cfg.num_workers, train, seed, balanced,
+                             skip_bad)  # fmt: skip
+    generators = [loader.sampler.generator, augmentation.generator]
+    return Feed(loader, partial(augmentation, train=train), skipped, generators)

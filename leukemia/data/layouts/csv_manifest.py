@@ -1,0 +1,70 @@
+"""``data=csv``: a generic manifest, ``<root>/<manifest>`` with columns ``path,label`` and optional ``subject``
+and ``split``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from leukemia.config import CsvDataConfig
+from leukemia.data.layouts.lab import data_root
+from leukemia.data.manifest import (
+    Manifest,
+    Splits,
+    check_filled,
+    check_labels,
+    first_few,
+    missing_files_error,
+    read_csv_columns,
+)
+from leukemia.errors import UserError
+
+MANIFEST_SPLITS = ("train", "valid", "test")
+
+
+def _rows_error(csv_path: Path, column: str, bad: pd.Series, rule: str) -> UserError:
+    rows = [f"row {index + 2} has '{value}'" for index, value in bad.items()]
+    return UserError(f"{csv_path}: '{column}' {rule}; {len(rows)} rows are not ({first_few(rows)})")
+
+
+def csv_splits(data_cfg: CsvDataConfig) -> Splits:
+    """A generic manifest, ``<root>/<manifest>``: ``path,label`` and optional ``subject`` and ``split`` columns;
+    paths relative to the CSV's folder. Rows without a split are in the training pool; no valid rows leave the
+    validation split to ``load_splits`` (a cross-validation fold)."""
+    csv_path = data_root(data_cfg, "csv_root", data_cfg.manifest) / data_cfg.manifest
+    table = read_csv_columns(csv_path, ["path", "label"], "train")
+    split = table.get("split", pd.Series("", index=table.index)).fillna("").astype(str).str.strip().str.lower()
+    split = split.replace("", "train")
+    bad = split[~split.isin(MANIFEST_SPLITS)]
+    if not bad.empty:
+        raise _rows_error(csv_path, "split", table["split"][bad.index], "must be train, valid, test or empty")
+    subjects = None
+    if "subject" in table.columns and table["subject"].notna().any():
+        unnamed = table["subject"][table["subject"].isna()]
+        if not unnamed.empty:
+            raise _rows_error(csv_path, "subject", unnamed, "must name every row's subject, or none")
+        subjects = table["subject"].astype(str).tolist()
+    check_filled(table, "path", str(csv_path))
+    paths = [(csv_path.parent / str(value)).resolve() for value in table["path"]]
+    error = missing_files_error(paths, str(csv_path), f"'path' values are read relative to {csv_path.parent}")
+    if error:
+        raise error
+    whole = Manifest("all", paths, None, subjects, str(csv_path), table["path"].astype(str).tolist())
+
+    def rows(name: str, labelled: bool) -> Manifest | None:
+        index = [i for i, value in enumerate(split) if value == name]
+        if not index:
+            return None
+        labels = check_labels(table.iloc[index], "label", str(csv_path)) if labelled else None
+        return replace(whole.select(index, name=name), labels=labels)
+
+    test_labels = table["label"][split == "test"]
+    test = rows("test", labelled=test_labels.notna().all())
+    if test is not None and test.labels is None and test_labels.notna().any():
+        raise _rows_error(csv_path, "label", test_labels[test_labels.isna()], "must be given on all test rows or none")
+    train = rows("train", labelled=True)
+    if train is None:
+        raise UserError(f"{csv_path}: no training rows (split empty or 'train'); the train split needs images")
+    return Splits(train=train, valid=rows("valid", labelled=True), test=test)

@@ -1,0 +1,98 @@
+"""``data=lab``: the course layout, ``<root>/train.csv`` and ``valid.csv`` (``Path,label[,subject]``) and a test
+CSV with ``Path`` only (labels optionally from ``data.test_labels_csv``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from leukemia.config import DataConfig, LabDataConfig
+from leukemia.data.manifest import (
+    Manifest,
+    Splits,
+    check_filled,
+    check_labels,
+    first_few,
+    missing_files_error,
+    read_csv_columns,
+)
+from leukemia.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PATH_COLUMN = "Path"
+LABEL_COLUMN = "label"
+SUBJECT_COLUMN = "subject"  # optional; the demo writes it
+
+
+def _resolve_paths(values: pd.Series, csv_path: Path) -> list[Path]:
+    """Paths are relative to the CSV's folder (``train/0.bmp``, ``./new_dataset/train/0.bmp`` beside the CSV)
+    or to the folder above it (the CSV sits inside ``new_dataset/`` but names ``./new_dataset/...``)."""
+    check_filled(values.to_frame(), PATH_COLUMN, str(csv_path))
+    bases = [csv_path.parent, csv_path.parent.parent]
+    first = Path(str(values.iloc[0]))
+    base = next((b for b in bases if (b / first).is_file()), bases[0])
+    paths = [(base / str(value)).resolve() for value in values]
+    error = missing_files_error(
+        paths, str(csv_path), f"'{PATH_COLUMN}' values are read relative to {bases[0]} or {bases[1]}"
+    )
+    if error:
+        raise error
+    return paths
+
+
+def read_lab_csv(csv_path: Path, split: str, labelled: bool) -> Manifest:
+    """Read one CSV of the lab layout: ``Path,label[,subject]`` (train/valid) or ``Path`` (test)."""
+    table = read_csv_columns(csv_path, [PATH_COLUMN, LABEL_COLUMN] if labelled else [PATH_COLUMN], split)
+    labels = check_labels(table, LABEL_COLUMN, str(csv_path)) if labelled else None
+    subjects = table[SUBJECT_COLUMN].astype(str).tolist() if SUBJECT_COLUMN in table.columns else None
+    paths = _resolve_paths(table[PATH_COLUMN], csv_path)
+    return Manifest(split, paths, labels, subjects, str(csv_path), table[PATH_COLUMN].astype(str).tolist())
+
+
+def with_test_labels(test: Manifest, labels_csv: Path) -> Manifest:
+    """The test split with labels (and subjects) from a ``Path,label`` CSV that covers every test image."""
+    table = read_csv_columns(labels_csv, [PATH_COLUMN, LABEL_COLUMN], "test")
+    labels = dict(zip(table[PATH_COLUMN].astype(str), check_labels(table, LABEL_COLUMN, str(labels_csv)), strict=True))
+    unlabelled = [identifier for identifier in test.identifiers() if identifier not in labels]
+    if unlabelled:
+        raise UserError(
+            f"{labels_csv}: no label for {len(unlabelled)} of {len(test)} rows of {test.source} "
+            f"(first: {first_few(unlabelled)}); its 'Path' values must match the test CSV's"
+        )
+    subjects = None
+    if SUBJECT_COLUMN in table.columns:
+        subject_of = dict(zip(table[PATH_COLUMN].astype(str), table[SUBJECT_COLUMN].astype(str), strict=True))
+        subjects = [subject_of[identifier] for identifier in test.identifiers()]
+    return replace(test, labels=[labels[identifier] for identifier in test.identifiers()], subjects=subjects)
+
+
+def data_root(data_cfg: DataConfig, paths_key: str, holding: str) -> Path:
+    """``data.root``, or the one-line error naming it and the ``paths`` key that sets it by default."""
+    root = Path(data_cfg.root)
+    if not root.is_dir():
+        raise UserError(
+            f"data.root={root}: no such folder; point data.root (or paths.{paths_key}) at the folder holding {holding}"
+        )
+    return root
+
+
+def lab_splits(data_cfg: LabDataConfig) -> Splits:
+    """The course layout: ``train.csv``/``valid.csv`` with labels, the test CSV (optional) without."""
+    root = data_root(data_cfg, "lab_root", f"{data_cfg.train_csv}, or try data=demo")
+    test_csv = root / data_cfg.test_csv
+    test = None
+    if test_csv.is_file():
+        test = read_lab_csv(test_csv, "test", labelled=False)
+        if data_cfg.test_labels_csv:
+            test = with_test_labels(test, root / data_cfg.test_labels_csv)
+    else:
+        log.info("no test CSV %s: test evaluation is skipped", test_csv)
+    return Splits(
+        train=read_lab_csv(root / data_cfg.train_csv, "train", labelled=True),
+        valid=read_lab_csv(root / data_cfg.valid_csv, "valid", labelled=True),
+        test=test,
+    )

@@ -1,0 +1,85 @@
+"""The structure docs/ARCHITECTURE.md describes, checked on the source: which package may import which, the few
+top-level modules, short functions, typed configs."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / "leukemia"
+# What each package may import of the project, besides config and errors (everything may use those).
+ALLOWED = {
+    "models": set(),
+    "data": {"data"},
+    "training": {"training", "data", "models"},
+    "tracking": {"tracking"},
+    "tasks": {"tasks", "data", "training", "tracking", "models"},
+}
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def layer(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return parts[0]
+
+
+def imported(path: Path) -> set[str]:
+    """The project modules (``leukemia.x.y``) and third-party packages ``path`` imports, at any depth."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(REPO)))
+def test_imports_point_one_way(path):
+    own = layer(path)
+    for name in imported(path):
+        if name.split(".")[0] == "mlflow":
+            assert own == "tracking", f"{path.name} imports mlflow; only leukemia/tracking may"
+        if not name.startswith("leukemia.") or own in ("run", "bench", "cli", "config", "errors"):
+            continue
+        target = name.split(".")[1]
+        if target in ("config", "errors") or own not in ALLOWED:
+            continue
+        assert target in ALLOWED[own], f"{path.relative_to(REPO)} imports {name}: {own} may not depend on {target}"
+
+
+def test_at_most_six_modules_sit_directly_in_the_package():
+    top = sorted(path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py")
+    assert len(top) <= 6, top
+    assert {path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__"} == {
+        "data",
+        "training",
+        "tracking",
+        "tasks",
+    }
+
+
+def functions():
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                yield path, node
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = [f"{path.relative_to(REPO)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path, node in functions() if node.end_lineno - node.lineno + 1 > 60]  # fmt: skip
+    assert not long
+
+
+def test_no_config_parameter_is_typed_any():
+    untyped = [f"{path.relative_to(REPO)}:{node.name}({argument.arg})" for path, node in functions()
+               for argument in node.args.args
+               if argument.arg.endswith("cfg") and (argument.annotation is None
+                                                   or ast.unparse(argument.annotation) == "Any")]  # fmt: skip
+    assert not untyped
