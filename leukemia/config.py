@@ -459,15 +459,20 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError("optim.nesterov=true: Nesterov momentum needs optim.momentum above 0 (e.g. 0.9)")
 
 
+# Keys earlier versions had and this one dropped: a run that logged them is read back without them.
+RETIRED_KEYS = {"data": ("pipeline",)}  # one batched augmentation replaced data.pipeline=tensor|pil
+
+
 def typed(stored: DictConfig) -> DictConfig:
     """A run's stored, resolved config typed again by the current schemas, so that keys added since it ran get
-    their defaults and the same rules apply (what task=eval and resume read back)."""
+    their defaults, retired ones are dropped, and the same rules apply (what task=eval and resume read back)."""
     merged = OmegaConf.structured(Config)
     try:
         for key in stored:
             value = stored[key]
             if isinstance(value, DictConfig):
-                value = OmegaConf.merge(OmegaConf.structured(schema_of(key, value)), value)
+                kept = {k: v for k, v in value.items_ex(resolve=False) if k not in RETIRED_KEYS.get(key, ())}
+                value = OmegaConf.merge(OmegaConf.structured(schema_of(key, value)), kept)
             merged[key] = value
     except OmegaConfBaseException as error:
         raise UserError(f"the stored config does not fit this version's schema ({str(error).splitlines()[0]}); "

@@ -7,7 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from leukemia.config import group_schemas
+from leukemia.config import group_schemas, typed
+from leukemia.errors import UserError
 
 from conftest import CONF, compose_config
 
@@ -103,6 +104,18 @@ def test_the_primary_config_and_the_presets_repeat_no_default():
         for section, values in written.items():
             for key, value in values.items() if section != "defaults" else ():
                 assert without[section][key] != value, f"{path.name}: {section}.{key}: {value} changes nothing"
+
+
+def test_a_stored_config_is_typed_again_with_new_defaults_and_without_retired_keys():
+    stored = OmegaConf.create(OmegaConf.to_container(compose_config("data=lab"), resolve=True, enum_to_str=True))
+    del stored.data.cache  # a key added since the run
+    stored.data.pipeline = "pil"  # a key dropped since
+    again = typed(stored)
+    assert again.data.cache is True and "pipeline" not in again.data
+    assert OmegaConf.get_type(again.data).__name__ == "LabDataConfig" and again.optim.lr == 0.05
+    stored.data.batch_size = "many"
+    with pytest.raises(UserError, match="does not fit this version's schema"):
+        typed(stored)
 
 
 def test_command_line_overrides_reach_the_typed_fields():

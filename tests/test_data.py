@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 from torchvision_reference import preprocessing
 
 from leukemia.data.augmentation import BatchAugmentation
 from leukemia.data.layouts.demo import SPEC_FILE, TEST_CSV_NAMES, DemoSpec, demo_splits, ensure_demo_dataset
 from leukemia.data.layouts.lab import lab_splits, read_lab_csv
-from leukemia.data.loading import class_weights, make_loader, preview
+from leukemia.data.loading import class_weights, decoding, make_loader, pad_to_square, preview
 from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
 
@@ -295,3 +296,15 @@ def test_real_cnmc_cells_read_through_the_lab_reader(tmp_path):
     # Cells are stained purple: blue and red above green inside the cell.
     red, green, blue = images.mean(dim=(0, 2, 3)).tolist()
     assert blue > green and red > green
+
+
+@pytest.mark.parametrize("size", [(48, 48), (45, 45), (30, 52), (61, 27), (20, 20)])
+@pytest.mark.parametrize("crop", [40, 35, None])
+def test_decoding_equals_torchvision_center_crop_and_resize(size, crop):
+    """The per-image step, checked against torchvision's transforms (the course seed's), pixel for pixel."""
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    first = transforms.CenterCrop(crop) if crop is not None else transforms.Lambda(pad_to_square)
+    reference = transforms.Compose([first, transforms.Resize(32, antialias=True), transforms.PILToTensor()])
+    decoded = decoding(crop, 32)(image)
+    assert decoded.dtype == torch.uint8 and torch.equal(decoded, reference(image))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from leukemia.tracking import tracked_run
+from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import LOCK_PAUSES_S
 
 from conftest import FAST, compose_config, run_cli, runs_of

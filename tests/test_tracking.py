@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from leukemia.errors import UserError, file_system_error
-from leukemia.tracking import flatten, tracked_run
+from leukemia.tracking.runs import flatten, tracked_run
 
 
 def open_run(folder, name):

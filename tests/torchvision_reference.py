@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torchvision import transforms
 
-from leukemia.data.loading import framing
+from leukemia.data.loading import pad_to_square
 
 
 def torchvision_augmentation(aug_cfg) -> transforms.Compose | None:
@@ -40,7 +40,8 @@ def preprocessing(
     augmentation: transforms.Compose | None = None,
 ) -> transforms.Compose:
     """Per PIL image: center crop (or square pad), resize, (augment,) to a float tensor, normalise per channel."""
-    steps = framing(crop_size, image_size)
+    first = transforms.CenterCrop(crop_size) if crop_size is not None else transforms.Lambda(pad_to_square)
+    steps = [first, transforms.Resize(image_size, antialias=True)]
     if augmentation is not None:
         steps.append(augmentation)
     steps += [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]

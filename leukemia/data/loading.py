@@ -1,7 +1,5 @@
-"""From manifests to tensors: preprocessing, the dataset that decodes images, and the loaders the engine iterates.
-
-This module knows nothing of layouts or tracking: it reads whatever ``Manifest`` it is given.
-"""
+"""From manifests to uint8 tensors: decoding (crop or pad, resize, any mode to RGB, bad files), the dataset, the
+samplers and the loaders the feed wraps. It reads whatever ``Manifest`` it is given."""
 
 from __future__ import annotations
 
@@ -10,8 +8,9 @@ import logging
 import multiprocessing
 import random
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -26,7 +25,6 @@ from torch.utils.data import (
     WeightedRandomSampler,
     default_collate,
 )
-from torchvision import transforms
 
 from leukemia.data.manifest import CLASS_NAMES, Manifest
 from leukemia.errors import UserError
@@ -44,19 +42,33 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return square
 
 
-def framing(crop_size: int | None, image_size: int) -> list:
-    """Center crop (``crop_size``) or, with none, a square pad; then resize to ``image_size``."""
-    first = transforms.CenterCrop(crop_size) if crop_size is not None else transforms.Lambda(pad_to_square)
-    return [first, transforms.Resize(image_size, antialias=True)]
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The central ``size`` x ``size`` pixels, taken as torchvision's CenterCrop takes them: a side shorter than
+    ``size`` is first padded with black on both sides (the extra pixel, if any, after)."""
+    width, height = image.size
+    if width < size or height < size:
+        canvas = Image.new(image.mode, (max(width, size), max(height, size)))
+        canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+        image, (width, height) = canvas, canvas.size
+    left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
+    return image.crop((left, top, left + size, top + size))
 
 
-def decoding(crop_size: int | None, image_size: int) -> transforms.Compose:
+def decode_pixels(image: Image.Image, crop_size: int | None, image_size: int) -> torch.Tensor:
+    """``image`` center-cropped to ``crop_size`` (or, without one, padded to a black square), resized
+    (bilinear) to ``image_size``, as a uint8 (3, size, size) tensor."""
+    framed = center_crop(image, crop_size) if crop_size is not None else pad_to_square(image)
+    resized = framed.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def decoding(crop_size: int | None, image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     """Center crop in source pixels (or, without a crop size, a black square pad) and resize to uint8
     (3, size, size) tensors: all that happens per image, and what the decode cache stores.
 
     Images of any size work: one smaller than ``crop_size`` (or not square) is padded with black, the C-NMC
     background, to the crop, and the crop is resized to ``image_size``."""
-    return transforms.Compose([*framing(crop_size, image_size), transforms.PILToTensor()])
+    return partial(decode_pixels, crop_size=crop_size, image_size=image_size)
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")

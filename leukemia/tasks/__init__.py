@@ -17,25 +17,29 @@ from omegaconf import DictConfig
 from leukemia.config import Task, check_config
 from leukemia.errors import UserError, file_system_error
 from leukemia.tasks.context import in_sweep, output_dir
-from leukemia.tasks.evaluate import evaluate
-from leukemia.tasks.report import plot
-from leukemia.tasks.train import train
-from leukemia.tracking import prepare_store
 from leukemia.tracking.sweep import record_job_failure
 from leukemia.training.stopping import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
 
-TASKS: dict[Task, Any] = {Task.eval: evaluate, Task.plot: plot}
-
 
 def dispatch(cfg: DictConfig, stop: StopRequest) -> Any:
-    """Run the task. Training stops at once while it trains or validates, else after the epoch's checkpoint and
-    logging; evaluation and reports hold nothing a stop could leave half-written, so they stop at once."""
+    """Open the tracking store and run the task. Training stops at once while it trains or validates, else
+    after the epoch's checkpoint and logging; evaluation and reports hold nothing a stop could leave
+    half-written, so they stop at once."""
+    # Imported here, once the config has passed its checks: a bad setting is reported before mlflow and the
+    # training stack load (seconds on a small machine).
+    from leukemia.tasks.evaluate import evaluate
+    from leukemia.tasks.report import plot
+    from leukemia.tasks.train import train
+    from leukemia.tracking.store import prepare_store
+
+    with stop.interruptible():  # a tracking server may take seconds to answer
+        prepare_store(cfg.tracking.uri, cfg.tracking.experiment)
     if Task(cfg.task) == Task.train:
         return train(cfg, stop)
     with stop.interruptible():
-        return TASKS[Task(cfg.task)](cfg)
+        return {Task.eval: evaluate, Task.plot: plot}[Task(cfg.task)](cfg)
 
 
 def hand_over(stop: Stopped) -> None:
@@ -65,7 +69,6 @@ def run_task(cfg: DictConfig) -> Any:
     sweep either ends the job (no value: a hyper-parameter search counts the trial failed)."""
     try:
         check_config(cfg)
-        prepare_store(cfg.tracking.uri, cfg.tracking.experiment)
         with StopRequest() as stop:
             return dispatch(cfg, stop)
     except UserError as error:

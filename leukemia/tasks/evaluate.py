@@ -26,8 +26,9 @@ from leukemia.data.manifest import CLASS_NAMES, Manifest
 from leukemia.errors import UserError
 from leukemia.models import build_model, load_trained, read_state_dict
 from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, override_key, sweep_job_number
-from leukemia.tracking import Run, Store, tracked_run
 from leukemia.tracking.figures import confusion_matrix_figure
+from leukemia.tracking.runs import Run, tracked_run
+from leukemia.tracking.store import Store
 from leukemia.training.engine import predict
 from leukemia.training.metrics import classification_metrics, confusion_counts, confusion_matrix, roc_auc
 from leukemia.training.runtime import Acceleration, resolve_device

@@ -22,8 +22,9 @@ from leukemia.config import Config
 from leukemia.data.manifest import CLASS_NAMES
 from leukemia.errors import UserError
 from leukemia.tasks.context import launch_context, output_dir
-from leukemia.tracking import RunRecord, Store, tracked_run
 from leukemia.tracking.figures import comparison_figure, confusion_grid_figure
+from leukemia.tracking.runs import tracked_run
+from leukemia.tracking.store import RunRecord, Store
 
 log = logging.getLogger(__name__)
 

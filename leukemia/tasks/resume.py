@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from leukemia.config import Task
 from leukemia.errors import UserError
 from leukemia.tasks.context import RUN_KINDS, command_line_overrides, override_key
-from leukemia.tracking import Run, RunRecord, Store
+from leukemia.tracking.runs import Run
+from leukemia.tracking.store import RunRecord, Store
 from leukemia.training.checkpoint import LOCK_FILE, claimed, load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from leukemia.errors import UserError
 from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, sweep_job_number
 from leukemia.tasks.evaluate import evaluate_test
 from leukemia.tasks.resume import CHECKPOINT_TAG, ResumePoint, log_unlogged_epochs, requeued_run, resume_point
-from leukemia.tracking import Run, flatten, tracked_run
 from leukemia.tracking.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
+from leukemia.tracking.runs import Run, flatten, tracked_run
 from leukemia.training.checkpoint import CHECKPOINT_NAME, claimed
 from leukemia.training.loop import BestEpoch, Progress, Trainer
 from leukemia.training.metrics import confusion_counts

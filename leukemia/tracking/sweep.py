@@ -57,8 +57,8 @@ def check_search_direction(config: DictConfig) -> None:
 
 def report_best_trial(config: DictConfig, sweep_dir: str) -> None:
     """Name the search's best trial as an MLflow run (with its link) and tag it ``best_trial=true``."""
-    from leukemia.tracking import Store, run_link
-    from leukemia.tracking.store import ui_base
+    from leukemia.tracking.runs import run_link
+    from leukemia.tracking.store import Store, ui_base
 
     store = Store(config.tracking.uri)
     monitor = Monitor(config.trainer.monitor).value
@@ -81,7 +81,7 @@ class SweepCallback(Callback):
     the last job: an Optuna search's best trial as a run, and exit 1 with the first error if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from leukemia.tracking import prepare_store
+        from leukemia.tracking.store import prepare_store
 
         # Resolved once, now, and kept: ${now:} would give a later time at the end. Resolving it here also fixes
         # the time for the launcher, which works on copies of this config.
