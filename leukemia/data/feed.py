@@ -22,6 +22,8 @@ from leukemia.data.cache import decoded_loader, decoded_split
 from leukemia.data.loading import decoding, make_loader
 from leukemia.data.manifest import Manifest
 
+AUGMENTATION_STREAM = 0x9E3779B97F4A7C15  # a fixed 64-bit constant mixed into the seed (the golden ratio's bits)
+
 
 @dataclass
 class Feed:
@@ -57,7 +59,9 @@ def build_feed(
     skip_bad = data_cfg.on_bad_image == OnBadImage.skip if skip_bad is None else skip_bad
     balanced = train and data_cfg.balance == Balance.sampler
     sizes = (data_cfg.crop_size, data_cfg.image_size)
-    augmentation = BatchAugmentation(aug_cfg, list(data_cfg.mean), list(data_cfg.std), device, seed)
+    # the augmentation's draws come from a stream of their own, not a copy of the loader's (same seed, same numbers)
+    mean, std = list(data_cfg.mean), list(data_cfg.std)
+    augmentation = BatchAugmentation(aug_cfg, mean, std, device, seed ^ AUGMENTATION_STREAM)
     skipped: list[str] = []
     if data_cfg.cache:
         decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
