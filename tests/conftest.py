@@ -154,6 +154,19 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
     )  # fmt: skip
 
 
+def run_clis(commands: list[tuple[str, ...]], cwd: Path, timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """Several independent ``python run.py ARGS`` at once in ``cwd`` (cases that each fail before a run opens),
+    their results in order."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    started = [subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env) for args in commands]  # fmt: skip
+    results = []
+    for process in started:
+        stdout, stderr = process.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
+
+
 # Small, fast settings shared by the end-to-end runs (32-px images, no progress bars).
 FAST = ("data=lab", "data.crop_size=36", "data.image_size=32", "data.batch_size=16", "trainer.progress=false")
 

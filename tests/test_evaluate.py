@@ -15,7 +15,7 @@ from torchvision_reference import preprocessing
 
 from leukemia.models import build_model
 
-from conftest import FAST, client_for, run_cli, signal_after, start, write_lab_layout
+from conftest import FAST, client_for, run_cli, run_clis, signal_after, start, write_lab_layout
 
 pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
 
@@ -138,8 +138,8 @@ def test_bad_eval_requests_fail_in_one_line_naming_the_culprit(trained, tmp_path
         ([f"run_id={run_id}", "model=resnet50"], "model=resnet50: task=eval keeps the evaluated run's config groups"),
     ]
     before = len(runs_by_kind(folder, "eval"))
-    for arguments, message in cases:
-        result = run_cli("task=eval", *arguments, cwd=folder)
+    results = run_clis([("task=eval", *arguments) for arguments, _ in cases], cwd=folder)
+    for (arguments, message), result in zip(cases, results, strict=True):
         assert result.returncode == 1, (arguments, result.stderr[-2000:])
         assert last_line(result).startswith("error: ") and message in last_line(result), arguments
     assert len(runs_by_kind(folder, "eval")) == before  # none of these opened a run

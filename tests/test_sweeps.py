@@ -134,7 +134,7 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-               "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
+               "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]  # fmt: skip
     log = (folder / "server.log").open("w")
     server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"

@@ -7,6 +7,7 @@ the run FAILED.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -34,6 +35,7 @@ def dispatch(cfg: DictConfig, stop: StopRequest) -> Any:
     from leukemia.tasks.train import train
     from leukemia.tracking.store import prepare_store
 
+    gc.freeze()  # the modules just loaded are never garbage: spare every full collection a walk through them
     with stop.interruptible():  # a tracking server may take seconds to answer
         prepare_store(cfg.tracking.uri, cfg.tracking.experiment)
     if Task(cfg.task) == Task.train:
