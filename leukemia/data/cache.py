@@ -1,10 +1,10 @@
 """Decode once: a split's images, center-cropped and resized, as one uint8 array on disk (memory-mapped).
 
-The PIL path decodes, crops and resizes every image in every epoch; after the first use, the cache reads
-ready-made uint8 pixels instead. The key covers the manifest (every path with its size and modification time) and
-the preprocessing parameters, so a changed file or setting makes a new cache and an unchanged one is reused by
-later runs and sweep jobs. A cache is written under a lock into a temporary file and renamed into place, so a
-parallel job either waits for it or finds it complete, never half-written.
+Without it (``data.cache=false``) every image is decoded, cropped and resized in every epoch; after the first
+use, the cache reads ready-made uint8 pixels instead. The key covers the manifest (every path with its size and
+modification time) and the preprocessing parameters, so a changed file or setting makes a new cache and an
+unchanged one is reused by later runs and sweep jobs. A cache is written under a lock into a temporary file and
+renamed into place, so a parallel job either waits for it or finds it complete, never half-written.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class DecodedSplit:
     pixels: np.ndarray
     readable: np.ndarray
     path: Path
-    skipped: list[str]  # "path (reason)" of the unreadable files, as the PIL path reports them
+    skipped: list[str]  # "path (reason)" of the unreadable files, as decoding per image reports them
 
 
 def cache_folder(cache_dir: str) -> Path:

@@ -113,10 +113,11 @@ def collate(items: list) -> Batch:
 
 
 class SeededSampler(Sampler):
-    """Each item of ``order`` (an index, or a batch's list of indices) with a seed for its augmentation, drawn
-    here in the main process from ``generator``. A run's augmentation then depends neither on
-    ``data.num_workers`` nor on the workers' random states, and the generator's state at an epoch's end is all a
-    checkpoint needs to continue the same sequence."""
+    """Each item of ``order`` (an index, or a batch's list of indices) with a seed, drawn here in the main
+    process from ``generator``, for a per-image random transform (the benchmark's seed-style baseline, the tests'
+    torchvision references; the feed's own augmentation draws on the device). Such draws then depend neither on
+    ``num_workers`` nor on the workers' random states, and the generator's state at an epoch's end is all a
+    checkpoint needs to continue the same order."""
 
     def __init__(self, order: Sampler, generator: torch.Generator):
         self.order = order
@@ -147,7 +148,7 @@ def seeded_random_state(seed: int) -> Iterator[None]:
 class CellImages(Dataset):
     """Decodes a manifest's images as RGB; a file that is not a decodable image (or is truncated) stops the
     run with its name, or with ``skip_bad`` is left out and reported in the batch. Indexed by ``(index, seed)``
-    (see ``SeededSampler``), the transform draws its randomness from that seed."""
+    (see ``SeededSampler``), a random transform draws from that seed."""
 
     def __init__(self, manifest: Manifest, transform, skip_bad: bool = False):
         self.manifest = manifest
