@@ -29,6 +29,7 @@ class Task(str, Enum):
     train = "train"
     eval = "eval"  # evaluate a run's (or a file's) weights on the test split, write a submission
     plot = "plot"  # compare runs: curves, confusion matrices, a summary table
+    predict = "predict"  # score new cells with a logged model: a CSV of probabilities
 
 
 class TTA(str, Enum):
@@ -326,12 +327,31 @@ class PlotConfig:
 
 
 @dataclass
+class PredictConfig:
+    # The model: models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model, or a run id.
+    model: str | None = checked(None, TEXT)
+    # A folder (every image file under it) or a CSV with a `path` column (and an optional `subject` column).
+    input: str | None = checked(None, TEXT)
+    # The CSV written (path,probability_all,label[,subject]); null: predictions.csv in the job's output folder.
+    output: str | None = checked(None, TEXT)
+
+
+@dataclass
+class RegistryConfig:
+    # Register each training run's model as a new version of this registered model (a sweep's best job gets the
+    # alias `champion`); null: register nothing.
+    name: str | None = checked(None, TEXT)
+
+
+@dataclass
 class TrackingConfig:
     uri: str = checked("sqlite:///mlflow.db", TRACKING_URI)
     experiment: str = checked("leukemia", TEXT)
     # Base address of each run's printed link; null: the server at tracking.uri when it is http(s), else
     # http://127.0.0.1:5000, where `mlflow ui` listens.
     ui_url: str | None = checked(None, WEB_ADDRESS)
+    # Seconds between samples of MLflow's system metrics (CPU, memory; GPU on CUDA); null: none.
+    system_metrics_s: float | None = checked(10.0, POSITIVE)
 
 
 @dataclass
@@ -354,6 +374,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     task: Task = Task.train

@@ -138,11 +138,15 @@ def client_for(folder: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
 
 
-def runs_of(folder: Path) -> tuple[MlflowClient, list]:
-    """The client and every run of the default experiment in ``folder``'s store (none if it does not exist)."""
+def runs_of(folder: Path, kind: str | None = None) -> tuple[MlflowClient, list]:
+    """The client and the runs of the default experiment in ``folder``'s store (none if it does not exist): of
+    ``kind``, or all but a sweep's own run."""
     client = client_for(folder)
     experiment = client.get_experiment_by_name("leukemia")
-    return client, client.search_runs([experiment.experiment_id]) if experiment else []
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return client, [
+        run for run in runs if (run.data.tags.get("kind") == kind if kind else run.data.tags.get("kind") != "sweep")
+    ]
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

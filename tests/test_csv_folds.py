@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from leukemia.data.decoding import decoding
 from leukemia.data.layouts import load_splits
-from leukemia.data.loading import decoding
 from leukemia.data.manifest import Manifest
 from leukemia.data.splitting import fold_assignment, split_fold
 from leukemia.errors import UserError

@@ -10,9 +10,10 @@ from torchvision import transforms
 from torchvision_reference import preprocessing
 
 from leukemia.data.augmentation import BatchAugmentation
+from leukemia.data.decoding import decoding, pad_to_square
 from leukemia.data.layouts.demo import SPEC_FILE, TEST_CSV_NAMES, DemoSpec, demo_splits, ensure_demo_dataset
 from leukemia.data.layouts.lab import lab_splits, read_lab_csv
-from leukemia.data.loading import class_weights, decoding, make_loader, pad_to_square, preview
+from leukemia.data.loading import class_weights, make_loader, preview
 from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
 

@@ -13,9 +13,10 @@ from torchvision.transforms import functional as TF
 
 from leukemia.data.augmentation import BatchAugmentation
 from leukemia.data.cache import decoded_loader, decoded_split
+from leukemia.data.decoding import decoding
 from leukemia.data.feed import build_feed
 from leukemia.data.layouts.lab import read_lab_csv
-from leukemia.data.loading import Batch, decoding
+from leukemia.data.loading import Batch
 from leukemia.errors import UserError
 
 from conftest import compose_config, write_lab_layout

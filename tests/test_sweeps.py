@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from leukemia.config import TrackingConfig
 from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import LOCK_PAUSES_S
 
@@ -42,6 +43,9 @@ def test_three_parallel_joblib_jobs_on_one_sqlite_store_lose_nothing(tiny_lab, t
     assert "Joblib.Parallel(n_jobs=3" in result.stdout + result.stderr
     client, runs = runs_of(tmp_path)
     assert len(runs) == 3
+    (sweep,) = runs_of(tmp_path, kind="sweep")[1]  # the jobs' runs nest under the sweep's own run
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {sweep.info.run_id}
+    assert sweep.info.status == "FINISHED" and sweep.data.tags["sweep_id"] == runs[0].data.tags["sweep_id"]
     assert sorted(run.data.params["optim.lr"] for run in runs) == ["0.001", "0.01", "0.1"]
     assert sorted(run.data.tags["sweep_job"] for run in runs) == ["0", "1", "2"]
     for run in runs:
@@ -107,7 +111,7 @@ def test_optuna_search_runs_three_trials_as_tagged_runs_and_names_the_best(tiny_
     assert optuna_result["best_value"] == pytest.approx(best_value)
     tagged = [run for run in client.search_runs([runs[0].info.experiment_id], "tags.best_trial = 'true'")]
     assert len(tagged) == 1 and tagged[0].data.metrics["best_val_f1_weighted"] == pytest.approx(best_value)
-    assert f"best trial of 3: {tagged[0].info.run_name}" in result.stdout + result.stderr
+    assert f"best job of 3: {tagged[0].info.run_name}" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -196,7 +200,7 @@ def test_a_locked_sqlite_store_is_waited_for_not_failed(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     hold_s = 20 + LOCK_PAUSES_S[0] + 2  # outlasts the first attempt's wait, not the second's
-    with tracked_run(uri, "tests", "locked", {}, None) as run:
+    with tracked_run(TrackingConfig(uri, "tests", system_metrics_s=None), "locked", {}) as run:
         blocker = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, check_same_thread=False)
         blocker.execute("BEGIN EXCLUSIVE")
         release = threading.Timer(hold_s, lambda: blocker.execute("ROLLBACK"))

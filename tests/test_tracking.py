@@ -7,12 +7,14 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
+from leukemia.config import TrackingConfig
 from leukemia.errors import UserError, file_system_error
 from leukemia.tracking.runs import flatten, tracked_run
 
 
 def open_run(folder, name):
-    return tracked_run(f"sqlite:///{folder / 'mlflow.db'}", "tests", name, {"model": "resnet18"}, "http://ui")
+    track = TrackingConfig(f"sqlite:///{folder / 'mlflow.db'}", "tests", "http://ui", system_metrics_s=None)
+    return tracked_run(track, name, {"model": "resnet18"})
 
 
 def final_status(folder, name):
@@ -71,7 +73,7 @@ def test_an_artifact_that_does_not_fit_names_the_store_and_the_cause_and_fails_t
     weights.write_bytes(os.urandom(200_000))
     with (
         pytest.raises(UserError, match=r": no space left on device while logging to MLflow; free space there"),
-        tracked_run(uri, "full", "too-big", {}, None) as run,
+        tracked_run(TrackingConfig(uri, "full", system_metrics_s=None), "too-big", {}) as run,
     ):
         run.log_artifact(weights)
     (record,) = client.search_runs([experiment])

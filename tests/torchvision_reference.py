@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torchvision import transforms
 
-from leukemia.data.loading import pad_to_square
+from leukemia.data.decoding import pad_to_square
 
 
 def torchvision_augmentation(aug_cfg) -> transforms.Compose | None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from leukemia.config import AugmentationConfig
+from leukemia.data.decoding import Normalisation
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # luma weights as torchvision's rgb_to_grayscale uses them
 
@@ -31,13 +32,11 @@ class BatchAugmentation:
         self.hflip_p, self.vflip_p = aug_cfg.hflip_p, aug_cfg.vflip_p
         self.brightness, self.contrast, self.saturation = aug_cfg.brightness, aug_cfg.contrast, aug_cfg.saturation
         self.grey = torch.tensor(GREY_WEIGHTS, device=device).view(1, 3, 1, 1)
-        # (x / 255 - mean) / std as one subtraction and one multiplication on the 0..255 values
-        self.offset = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.scale = 1 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
+        self.normalise = Normalisation(mean, std, device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def _uniform(self, count: int) -> torch.Tensor:
-        return torch.rand(count, generator=self.generator, device=self.offset.device)
+        return torch.rand(count, generator=self.generator, device=self.grey.device)
 
     def _factors(self, count: int, spread: float) -> torch.Tensor:
         """Per-image factors from [1 - spread, 1 + spread], shaped to scale a batch."""
@@ -81,4 +80,4 @@ class BatchAugmentation:
             if self.vflip_p > 0:
                 images = self.flip(images, self.vflip_p, -2)
             images = self.jitter_colour(images)
-        return images.sub_(self.offset).mul_(self.scale)
+        return self.normalise(images)

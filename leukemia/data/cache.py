@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
+from leukemia.data.decoding import decoding
 from leukemia.data.loading import (
     Batch,
     CellImages,
     SeededSampler,
     SkippedImage,
-    decoding,
     epoch_order,
     quiet_worker,
     worker_context,

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from leukemia.config import AugmentationConfig, Balance, DataConfig, OnBadImage
 from leukemia.data.augmentation import BatchAugmentation
 from leukemia.data.cache import decoded_loader, decoded_split
-from leukemia.data.loading import decoding, make_loader
+from leukemia.data.decoding import decoding
+from leukemia.data.loading import make_loader
 from leukemia.data.manifest import Manifest
 
 AUGMENTATION_STREAM = 0x9E3779B97F4A7C15  # a fixed 64-bit constant mixed into the seed (the golden ratio's bits)

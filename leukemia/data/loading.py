@@ -1,5 +1,5 @@
-"""From manifests to uint8 tensors: decoding (crop or pad, resize, any mode to RGB, bad files), the dataset, the
-samplers and the loaders the feed wraps. It reads whatever ``Manifest`` it is given."""
+"""From manifests to uint8 tensors: the dataset (decoding each file as ``decoding`` does, bad files stopping the run
+or left out), the samplers and the loaders the feed wraps. It reads whatever ``Manifest`` it is given."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import logging
 import multiprocessing
 import random
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import (
     DataLoader,
     Dataset,
@@ -26,68 +24,11 @@ from torch.utils.data import (
     default_collate,
 )
 
+from leukemia.data.decoding import UNREADABLE, decoding, read_image
 from leukemia.data.manifest import CLASS_NAMES, Manifest
 from leukemia.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def pad_to_square(image: Image.Image) -> Image.Image:
-    """The image centred on a black square (the cells' background) as wide as its longer side."""
-    if image.width == image.height:
-        return image
-    side = max(image.size)
-    square = Image.new(image.mode, (side, side))
-    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    return square
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """The central ``size`` x ``size`` pixels, taken as torchvision's CenterCrop takes them: a side shorter than
-    ``size`` is first padded with black on both sides (the extra pixel, if any, after)."""
-    width, height = image.size
-    if width < size or height < size:
-        canvas = Image.new(image.mode, (max(width, size), max(height, size)))
-        canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
-        image, (width, height) = canvas, canvas.size
-    left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
-    return image.crop((left, top, left + size, top + size))
-
-
-def decode_pixels(image: Image.Image, crop_size: int | None, image_size: int) -> torch.Tensor:
-    """``image`` center-cropped to ``crop_size`` (or, without one, padded to a black square), resized
-    (bilinear) to ``image_size``, as a uint8 (3, size, size) tensor."""
-    framed = center_crop(image, crop_size) if crop_size is not None else pad_to_square(image)
-    resized = framed.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def decoding(crop_size: int | None, image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Center crop in source pixels (or, without a crop size, a black square pad) and resize to uint8
-    (3, size, size) tensors: all that happens per image, and what the decode cache stores.
-
-    Images of any size work: one smaller than ``crop_size`` (or not square) is padded with black, the C-NMC
-    background, to the crop, and the crop is resized to ``image_size``."""
-    return partial(decode_pixels, crop_size=crop_size, image_size=image_size)
-
-
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any image mode as 8-bit RGB. Transparent pixels become black (the C-NMC background) rather than
-    whatever colour they hide; 16-bit grey is scaled to 8 bits rather than clipped to white."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        grey = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
-
-
-# What PIL raises for broken, unknown or absurdly large files (a header claiming billions of pixels)
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class SkippedImage(NamedTuple):
@@ -162,9 +103,7 @@ class CellImages(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         path = self.manifest.paths[index]
         try:
-            with Image.open(path) as image:
-                image.load()  # decode now: a truncated file fails here, not half-black later
-                rgb = to_rgb(image)
+            rgb = read_image(path)
         except UNREADABLE as error:
             if self.skip_bad:
                 return SkippedImage(f"{path} ({error})")

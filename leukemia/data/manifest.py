@@ -88,6 +88,11 @@ class Manifest:
     def identifiers(self) -> list[str]:
         return self.ids if self.ids is not None else [path.name for path in self.paths]
 
+    def table(self) -> pd.DataFrame:
+        """The split as a table: ``path``, and ``label`` and ``subject`` where known."""
+        columns = {"path": [str(path) for path in self.paths], "label": self.labels, "subject": self.subjects}
+        return pd.DataFrame({key: values for key, values in columns.items() if values is not None})
+
     def select(self, indices: Iterable[int], name: str | None = None) -> Manifest:
         """The rows at ``indices``, in that order (optionally as another split)."""
         indices = list(indices)

@@ -26,11 +26,12 @@ log = logging.getLogger(__name__)
 
 def dispatch(cfg: DictConfig, stop: StopRequest) -> Any:
     """Open the tracking store and run the task. Training stops at once while it trains or validates, else
-    after the epoch's checkpoint and logging; evaluation and reports hold nothing a stop could leave
-    half-written, so they stop at once."""
+    after the epoch's checkpoint and logging; evaluation, predictions and reports hold nothing a stop could
+    leave half-written, so they stop at once."""
     # Imported here, once the config has passed its checks: a bad setting is reported before mlflow and the
     # training stack load (seconds on a small machine).
     from leukemia.tasks.evaluate import evaluate
+    from leukemia.tasks.predict import predict
     from leukemia.tasks.report import plot
     from leukemia.tasks.train import train
     from leukemia.tracking.store import prepare_store
@@ -41,7 +42,7 @@ def dispatch(cfg: DictConfig, stop: StopRequest) -> Any:
     if Task(cfg.task) == Task.train:
         return train(cfg, stop)
     with stop.interruptible():
-        return {Task.eval: evaluate, Task.plot: plot}[Task(cfg.task)](cfg)
+        return {Task.eval: evaluate, Task.plot: plot, Task.predict: predict}[Task(cfg.task)](cfg)
 
 
 def hand_over(stop: Stopped) -> None:

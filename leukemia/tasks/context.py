@@ -11,6 +11,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from leukemia.config import Config, Task
+from leukemia.tracking.sweep import sweep_run_of
 
 
 def in_sweep() -> bool:
@@ -41,7 +42,12 @@ def _git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-RUN_KINDS = {Task.train: "train", Task.eval: "eval", Task.plot: "report"}  # the runs' "kind" tag
+RUN_KINDS = {Task.train: "train", Task.eval: "eval", Task.plot: "report", Task.predict: "predict"}  # "kind" tag
+
+
+def sweep_run_id() -> str | None:
+    """In a sweep, the id of the sweep's own MLflow run, which its jobs' runs nest under."""
+    return sweep_run_of(Path(HydraConfig.get().sweep.dir)) if in_sweep() else None
 
 
 def output_dir() -> Path:

@@ -157,7 +157,7 @@ def evaluate(composed: DictConfig) -> dict[str, float]:
         "evaluated": source.parent or str(Path(cfg.weights)),
     }
     track = cfg.tracking
-    with tracked_run(track.uri, track.experiment, source.run_name, tags, track.ui_url, source.parent) as run:
+    with tracked_run(track, source.run_name, tags, source.parent) as run:
         log.info("evaluation run %s (%d test images): %s", run.id, len(test), run.link)
         run.log_params({"eval.tta": TTA(cfg.eval.tta).value, "data.root": run_cfg.data.root, "test.source": test.source,
                         "test.images": len(test), "weights": source.label})  # fmt: skip

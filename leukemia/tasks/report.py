@@ -3,7 +3,8 @@
 By default the runs of the latest sweep in ``tracking.experiment``, or those named by ``plot.runs``. Writes the
 seed's comparison figure (train and validation accuracy per epoch of every run, on one figure), the loss
 curves, the runs' confusion matrices side by side, and a summary table (CSV and Markdown) of each run's best
-metrics and hyper-parameters, into the job's output folder and into a new MLflow run of kind "report".
+metrics and hyper-parameters, into the job's output folder and into a new MLflow run of kind "report"; names
+the registered champion among the runs' model versions.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from leukemia.data.manifest import CLASS_NAMES
 from leukemia.errors import UserError
 from leukemia.tasks.context import launch_context, output_dir
 from leukemia.tracking.figures import comparison_figure, confusion_grid_figure
+from leukemia.tracking.registry import champions
 from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import RunRecord, Store
 
@@ -205,14 +207,19 @@ def plot(composed: DictConfig) -> dict[str, float]:
     _, tags = launch_context(cfg)
     tags = {key: value for key, value in tags.items() if key not in ("model", "data")}
     tags["compared_runs"] = " ".join(run.id for run in runs)
+    crowned = champions(cfg.tracking.uri, [run.id for run in runs])
+    if crowned:
+        tags["champion"] = " ".join(str(champion) for champion in crowned)
     name = f"report-{what.replace(' ', '-')}"
-    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, cfg.tracking.ui_url) as report:
+    with tracked_run(cfg.tracking, name, tags) as report:
         for file_name, figure in figures.items():
             figure.savefig(folder / file_name, dpi=120)
             report.log_figure(figure, f"report/{file_name}")
         for file_name in tables:
             report.log_artifact(folder / file_name, "report")
         log.info("compared %d runs (%s):\n%s", len(runs), what, markdown(table))
+        for champion in crowned:
+            log.info("champion: %s", champion)
         if folds is not None:
             if len(folds) == 1:  # one configuration: its cross-validated scores as the report's metrics
                 report.log_metrics({f"cv_{key}": value for key, value in folds.iloc[0].items()

@@ -11,14 +11,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukemia.config import Config, Monitor, check_config
 from leukemia.data.augmentation import BatchAugmentation
+from leukemia.data.decoding import png
 from leukemia.data.layouts import load_splits
 from leukemia.data.loading import displayable, preview
-from leukemia.data.manifest import CLASS_NAMES, Splits, summarize, summary_lines
+from leukemia.data.manifest import CLASS_NAMES, Manifest, Splits, summarize, summary_lines
 from leukemia.errors import UserError
-from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, sweep_job_number
+from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, sweep_job_number, sweep_run_id
 from leukemia.tasks.evaluate import evaluate_test
 from leukemia.tasks.resume import CHECKPOINT_TAG, ResumePoint, log_unlogged_epochs, requeued_run, resume_point
+from leukemia.tracking.cell_model import MODEL_NAME, Preprocessing
 from leukemia.tracking.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
+from leukemia.tracking.registry import register
 from leukemia.tracking.runs import Run, flatten, tracked_run
 from leukemia.training.checkpoint import CHECKPOINT_NAME, claimed
 from leukemia.training.loop import BestEpoch, Progress, Trainer
@@ -30,13 +33,17 @@ log = logging.getLogger(__name__)
 
 
 def log_dataset(run: Run, splits: Splits) -> None:
-    """The dataset summary: a table in the log, counts as params, the table and subject lists as JSON."""
+    """The dataset summary: a table in the log, counts as params, the table and subject lists as JSON, and each
+    split as one of the run's Datasets."""
     table = summarize(splits)
     for line in summary_lines(table):
         log.info(line)
     run.log_params({f"dataset.{split}.{key}": value for split, row in table.items() for key, value in row.items()})
     subjects = {m.name: sorted(m.subject_set()) for m in splits.present() if m.subjects is not None}
     run.log_dict({"counts": table, "subjects": subjects}, "data/summary.json")
+    for manifest in splits.present():
+        counts = {key: str(value) for key, value in table[manifest.name].items()}
+        run.log_dataset(manifest.table(), manifest.name, manifest.source, counts)
 
 
 def log_training_preview(run: Run, cfg: Config, splits: Splits, run_name: str) -> None:
@@ -62,6 +69,20 @@ def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, li
     run.log_dict(confusion_counts(best.matrix, CLASS_NAMES, epoch=best.epoch), "figures/confusion_matrix.json")
     run.log_figure(learning_curves_figure(history, run_name), "figures/learning_curves.png")
     run.log_state_dict(best.state, "weights/best.pt")
+
+
+def log_model(run: Run, cfg: Config, best: BestEpoch, example: Manifest) -> None:
+    """The best epoch as the run's MLflow Model, with a decoded image of ``example`` as its input example; with
+    ``registry.name``, registered as a new version of that model."""
+    data = cfg.data
+    spec = Preprocessing(cfg.model.depth, cfg.model.num_classes, data.crop_size, data.image_size, data.mean, data.std)
+    pixels = preview(example, data.crop_size, data.image_size, count=2).images  # one of each class
+    model_uri = run.log_model(best.state, spec, png(pixels[0]) if len(pixels) else png(torch.zeros(3, 8, 8)))
+    if cfg.registry.name:
+        tags = {"depth": str(cfg.model.depth), "data": data.name, "monitor": best.monitor.value,
+                best.monitor.value: f"{best.value:.6g}", "run_name": run.name}  # fmt: skip
+        version = register(model_uri, cfg.registry.name, tags)
+        log.info("registered as models:/%s/%s", version.name, version.version)
 
 
 def _begin(run: Run, composed: DictConfig, trainer: Trainer, splits: Splits, resumed: ResumePoint | None) -> Progress:
@@ -91,20 +112,44 @@ def _say_how_to_continue(stop: KeyboardInterrupt, run: Run, progress: Progress, 
 
 
 def _finish(run: Run, trainer: Trainer, progress: Progress, splits: Splits, stop: StopRequest) -> float:
-    """The best epoch's record, its test evaluation (which a stop may end: a resume then does it again), the
-    skipped files; returns the monitored value."""
+    """The best epoch's record and model, its test evaluation (which a stop may end: a resume then does it
+    again), the skipped files, the run's description; returns the monitored value."""
     best = progress.best
     if best.state is None:
         raise UserError("no epoch gave a finite validation score; check trainer.epochs and the valid split")
     _log_outcome(run, run.name, best, progress.history)
+    log_model(run, trainer.cfg, best, splits.train)
+    tested = {}
     if splits.test is not None:
         trainer.model.load_state_dict(best.state)
         with stop.interruptible():
-            evaluate_test(trainer.runnable, trainer.cfg, splits.test, trainer.device, run, trainer.acceleration)
+            tested = evaluate_test(trainer.runnable, trainer.cfg, splits.test, trainer.device, run,
+                                   trainer.acceleration)  # fmt: skip
     if progress.skipped.seen:
         run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
+    run.set_description(description(run, trainer.cfg, best, tested))
     log.info("best epoch %d: %s %.4f; %s", best.epoch, best.monitor.value, best.value, run.where_to_look)
     return best.value
+
+
+def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float]) -> str:
+    """The run page's Description: what was trained, the best epoch's validation and the test scores, where
+    the model and the figures are."""
+    scores = ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc")
+    valid = ", ".join(f"{key} {best.metrics[f'val_{key}']:.4f}" for key in scores if f"val_{key}" in best.metrics)
+    test = ", ".join(f"{key} {tested[f'test_{key}']:.4f}" for key in scores if f"test_{key}" in tested)
+    figures = ("confusion_matrix", "learning_curves", "train_samples") + (("test_confusion_matrix",) if tested else ())
+    links = ", ".join(f"[{name.replace('_', ' ')}]({run.artifact_link(f'figures/{name}.png')})" for name in figures)
+    return "\n".join([
+        f"**{cfg.model.name}** on **{cfg.data.name}** ({cfg.data.root}), {cfg.optim.name} lr {cfg.optim.lr:g}, "
+        f"{cfg.trainer.epochs} epochs",
+        "",
+        f"- best epoch: {best.epoch}, by {best.monitor.value} {best.value:.4f}",
+        f"- validation (best epoch): {valid}",
+        f"- test: {test or 'no labelled test split'}",
+        f"- model: `runs:/{run.id}/{MODEL_NAME}`" + (f", a version of `{cfg.registry.name}`" * bool(cfg.registry.name)),
+        f"- figures: {links}",
+    ])  # fmt: skip
 
 
 def _prepare(composed: DictConfig, hold: ExitStack) -> tuple[ResumePoint | None, DictConfig, Trainer, Splits]:
@@ -135,7 +180,7 @@ def train(composed: DictConfig, stop: StopRequest) -> float:
         log.info("%s on %s: %d train / %d valid images, device %s",
                  run_name, cfg.data.name, len(splits.train), len(splits.valid), trainer.device)  # fmt: skip
         track, reopen = cfg.tracking, resumed.run.id if resumed else None
-        with tracked_run(track.uri, track.experiment, run_name, tags, track.ui_url, reopen_run_id=reopen) as run:
+        with tracked_run(track, run_name, tags, parent_run_id=sweep_run_id(), reopen_run_id=reopen) as run:
             checkpoint = resumed.checkpoint if resumed else output_dir() / "checkpoints" / run.id / CHECKPOINT_NAME
             if not resumed:
                 hold.enter_context(claimed(checkpoint.parent, run.id))

@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import torch
 from matplotlib import pyplot as plt
 from mlflow.entities import RunStatus
 
+from leukemia.config import TrackingConfig
+from leukemia.tracking.cell_model import Preprocessing, log_cell_model
 from leukemia.tracking.store import PARENT_TAG, ensure_experiment, is_server, retry_when_locked, ui_base
+
+DESCRIPTION_TAG = "mlflow.note.content"  # the run page's Description, in markdown
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -34,6 +39,11 @@ def run_link(ui_url: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
+def artifact_link(ui_url: str, experiment_id: str, run_id: str, artifact: str) -> str:
+    """Deep link to one of the run's artifacts in the MLflow UI."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{artifact}"
+
+
 class Run:
     """The open MLflow run: what a task logs goes through here."""
 
@@ -46,6 +56,9 @@ class Run:
     @property
     def link(self) -> str:
         return run_link(self.ui_url, self.experiment_id, self.id)
+
+    def artifact_link(self, artifact: str) -> str:
+        return artifact_link(self.ui_url, self.experiment_id, self.id, artifact)
 
     @property
     def where_to_look(self) -> str:
@@ -83,6 +96,24 @@ class Run:
         plt.close(figure)
 
     @retry_when_locked
+    def set_description(self, markdown: str) -> None:
+        mlflow.set_tag(DESCRIPTION_TAG, markdown)
+
+    @retry_when_locked
+    def log_dataset(self, table: pd.DataFrame, name: str, source: str, tags: Mapping[str, str]) -> None:
+        """A split as one of the run's Datasets: its file list (``path``, ``label``, ``subject``; a digest of it
+        tells two runs' splits apart), where it was read from, and ``tags`` (counts)."""
+        dataset = mlflow.data.from_pandas(
+            table, source=source, name=name, targets="label" if "label" in table else None
+        )
+        mlflow.log_input(dataset, context=name, tags=dict(tags))
+
+    @retry_when_locked
+    def log_model(self, state: Mapping[str, torch.Tensor], spec: Preprocessing, example: bytes) -> str:
+        """The MLflow Model (``runs:/<id>/model``) for these weights; returns its ``models:/m-…`` URI."""
+        return log_cell_model(dict(state), spec, example)
+
+    @retry_when_locked
     def log_state_dict(self, state_dict: Mapping[str, torch.Tensor], artifact_file: str) -> None:
         """Save weights as a plain state_dict (loadable with torch.load(..., weights_only=True))."""
         artifact = Path(artifact_file)
@@ -94,27 +125,30 @@ class Run:
 
 @contextmanager
 def tracked_run(
-    uri: str,
-    experiment: str,
+    track: TrackingConfig,
     run_name: str,
     tags: Mapping[str, str],
-    ui_url: str | None,
     parent_run_id: str | None = None,
     reopen_run_id: str | None = None,
 ) -> Iterator[Run]:
-    """Open a run in ``experiment`` at ``uri`` (nested under ``parent_run_id`` if given), or reopen the run
-    ``reopen_run_id`` (its tags updated with ``tags``); close it FINISHED, FAILED or KILLED."""
-    mlflow.set_tracking_uri(uri)
+    """Open a run in ``tracking.experiment`` at ``tracking.uri`` (nested under ``parent_run_id`` if given), or
+    reopen the run ``reopen_run_id`` (its tags updated with ``tags``), with MLflow's system metrics sampled
+    every ``tracking.system_metrics_s``; close it FINISHED, FAILED or KILLED."""
+    mlflow.set_tracking_uri(track.uri)
+    system_metrics = track.system_metrics_s is not None
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(track.system_metrics_s)
     if reopen_run_id:
-        active = retry_when_locked(mlflow.start_run)(run_id=reopen_run_id)
+        active = retry_when_locked(mlflow.start_run)(run_id=reopen_run_id, log_system_metrics=system_metrics)
         retry_when_locked(mlflow.set_tags)(dict(tags))
     else:
-        experiment_id = ensure_experiment(uri, experiment)
+        experiment_id = ensure_experiment(track.uri, track.experiment)
         tags = dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
-        active = retry_when_locked(mlflow.start_run)(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        active = retry_when_locked(mlflow.start_run)(experiment_id=experiment_id, run_name=run_name, tags=tags,
+                                                     log_system_metrics=system_metrics)  # fmt: skip
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        yield Run(active, ui_base(uri, ui_url))
+        yield Run(active, ui_base(track.uri, track.ui_url))
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)

@@ -7,6 +7,7 @@ submitit's SLURM or local jobs.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 JOB_FAILURE_FILE = "job_failed.txt"  # in a failed job's output folder: its one-line error
+SWEEP_RUN_FILE = "mlflow_sweep_run.txt"  # in the sweep folder: the id of the sweep's own run
 
 
 def record_job_failure(job_dir: Path, message: str) -> None:
@@ -55,33 +57,22 @@ def check_search_direction(config: DictConfig) -> None:
         )
 
 
-def report_best_trial(config: DictConfig, sweep_dir: str) -> None:
-    """Name the search's best trial as an MLflow run (with its link) and tag it ``best_trial=true``."""
-    from leukemia.tracking.runs import run_link
-    from leukemia.tracking.store import Store, ui_base
-
-    store = Store(config.tracking.uri)
-    monitor = Monitor(config.trainer.monitor).value
-    trials = [run for run in store.runs(config.tracking.experiment)
-              if run.tags.get("sweep_id") == sweep_dir and f"best_{monitor}" in run.metrics]  # fmt: skip
-    if not trials:
-        log.warning("no finished trial of this search is in %s", config.tracking.uri)
-        return
-    pick = min if search_direction(monitor) == "minimize" else max
-    best = pick(trials, key=lambda run: run.metrics[f"best_{monitor}"])
-    store.tag(best.id, "best_trial", "true")
-    link = run_link(ui_base(config.tracking.uri, config.tracking.ui_url), best.experiment_id, best.id)
-    log.info("best trial of %d: %s, %s %.4f, overrides: %s; open %s", len(trials), best.name, monitor,
-             best.metrics[f"best_{monitor}"], best.tags.get("overrides", ""), link)  # fmt: skip
+def sweep_run_of(sweep_dir: Path) -> str | None:
+    """The id of the sweep's own run, for a job of the sweep in ``sweep_dir``."""
+    path = sweep_dir / SWEEP_RUN_FILE
+    return path.read_text().strip() if path.is_file() else None
 
 
 class SweepCallback(Callback):
     """Before any job: the tracking server answers, the MLflow experiment exists (so parallel jobs do not race
-    to create it, or an empty sqlite store's tables), and a search's direction fits ``trainer.monitor``. After
-    the last job: an Optuna search's best trial as a run, and exit 1 with the first error if any job failed."""
+    to create it, or an empty sqlite store's tables), a search's direction fits ``trainer.monitor``, and the
+    sweep's own run is open. After the last job: the best job named (an Optuna search's best trial tagged, with
+    ``registry.name`` its version made ``champion``), the sweep's run closed, and exit 1 with the first error if
+    any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from leukemia.tracking.store import prepare_store
+        from leukemia.tracking.sweep_run import SweepRun  # mlflow, loaded once a sweep starts
 
         # Resolved once, now, and kept: ${now:} would give a later time at the end. Resolving it here also fixes
         # the time for the launcher, which works on copies of this config.
@@ -91,11 +82,13 @@ class SweepCallback(Callback):
             prepare_store(config.tracking.uri, config.tracking.experiment)
         except UserError as error:
             sys.exit(f"error: {error.one_line()}")
+        self.run = SweepRun.open(config, self.sweep_dir)
+        atexit.register(self.run.close, "KILLED")  # a sweep stopped before its end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if "study_name" in config.hydra.sweeper:
-            report_best_trial(config, self.sweep_dir)
+        self.run.honour_best(config)
         failed = job_failures(Path(self.sweep_dir))
+        self.run.close("FAILED" if failed else "FINISHED")
         if failed:
             first = failed[0].read_text().strip().removeprefix("error: ")
             sys.exit(f"error: {len(failed)} job(s) of the sweep failed, the first ({failed[0].parent}): {first}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leukemia.config import CnmcDataConfig, CnmcTestSet, SplitMethod
+from leukemia.data.decoding import is_image_file
 from leukemia.data.manifest import Manifest, Splits, check_labels, first_few, missing_files_error, read_csv_columns
 from leukemia.data.splitting import split_by_subject
 from leukemia.errors import UserError
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"UID_(?P<subject>h?\d+)_\d+_\d+_(?P<kind>all|hem)", re.IGNORECASE)
 KIND_LABELS = {"all": 1, "hem": 0}
-IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 TRAINING_FOLDERS = ("training_data", "C-NMC_training_data")
 FOLD_PATTERN = re.compile(r"fold_(\d+)", re.IGNORECASE)
 PRELIM_FOLDERS = ("validation_data/C-NMC_test_prelim_phase_data", "C-NMC_test_prelim_phase_data")
@@ -40,11 +40,7 @@ def parse_cell_name(name: str) -> tuple[str, int] | None:
 
 def image_files(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` (hidden files such as .DS_Store and non-images ignored), sorted."""
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return sorted(path for path in folder.iterdir() if is_image_file(path))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,139 @@
+"""The MLflow Model a training run leaves: a pyfunc that goes from image files' bytes to the probability that
+each cell is an ALL blast, carrying all it needs (crop, resize, normalisation, the architecture and the best
+epoch's weights) and the code that trained it, so that a plain Python session, `mlflow models serve` or
+``task=predict`` use it without Hydra, the project's config or the training data.
+
+Input: a DataFrame with a column ``image`` of base64-encoded image files (any format and mode PIL reads).
+Output: a DataFrame with ``probability_all`` (class 1) and ``label`` (0 normal, 1 ALL) per row.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import PIL
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+
+from leukemia.data.decoding import UNREADABLE, Normalisation, decode_pixels, read_image
+from leukemia.models import build_model
+
+MODEL_NAME = "model"  # runs:/<run id>/model
+INPUT_COLUMN = "image"
+PROBABILITY, LABEL = "probability_all", "label"
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+    outputs=Schema([ColSpec("double", PROBABILITY), ColSpec("long", LABEL)]),
+)
+BATCH = 64  # images per forward pass of a request
+PACKAGE = Path(__file__).resolve().parents[1]  # the project's code, carried in the model
+MODEL_CODE = Path(__file__).with_name("cell_model_code.py")  # what builds the model when it is loaded
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns an image file into the model's input, and which network reads it."""
+
+    depth: int
+    num_classes: int
+    crop_size: int | None
+    image_size: int
+    mean: list[float]
+    std: list[float]
+
+
+def encode(image_file: bytes) -> str:
+    """An image file's bytes as the model's input column holds them."""
+    return base64.b64encode(image_file).decode("ascii")
+
+
+class CellModel(mlflow.pyfunc.PythonModel):
+    """The network with its preprocessing, on the GPU when there is one."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        spec = Preprocessing(**json.loads(Path(context.artifacts["preprocessing"]).read_text()))
+        state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
+        self.spec = spec
+        self.network = build_model(spec.depth, spec.num_classes)
+        self.network.load_state_dict(state)
+        self.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def to(self, device: torch.device) -> CellModel:
+        self.device = device
+        self.network = self.network.to(device).eval()
+        self.normalise = Normalisation(self.spec.mean, self.spec.std, device)
+        return self
+
+    def pixels(self, image: PIL.Image.Image) -> torch.Tensor:
+        """An RGB image cropped and resized as in training: uint8 (3, size, size)."""
+        return decode_pixels(image, self.spec.crop_size, self.spec.image_size)
+
+    @torch.inference_mode()
+    def probabilities(self, pixels: torch.Tensor) -> np.ndarray:
+        """Each uint8 image's class probabilities, (N, classes)."""
+        inputs = self.normalise(pixels.to(self.device, non_blocking=True))
+        return self.network(inputs).float().softmax(dim=1).cpu().numpy()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
+        """``probability_all`` and ``label`` per row of base64-encoded image files."""
+        images = [self.pixels(_decoded(row, value)) for row, value in enumerate(model_input[INPUT_COLUMN])]
+        batches = [self.probabilities(torch.stack(images[i : i + BATCH])) for i in range(0, len(images), BATCH)]
+        return table(np.concatenate(batches) if batches else np.empty((0, self.spec.num_classes)))
+
+
+def table(probabilities: np.ndarray) -> pd.DataFrame:
+    """The model's output columns for (N, classes) probabilities: class 1's, and the likelier class."""
+    return pd.DataFrame(
+        {PROBABILITY: probabilities[:, 1].astype(np.float64), LABEL: probabilities.argmax(axis=1).astype(np.int64)}
+    )
+
+
+def _decoded(row: int, value: object) -> PIL.Image.Image:
+    """Row ``row``'s image, or an error the server answers with 400, naming the row."""
+    try:
+        return read_image(base64.b64decode(str(value), validate=True))
+    except (binascii.Error, *UNREADABLE) as error:
+        raise MlflowException(
+            f"row {row}: '{INPUT_COLUMN}' is not a base64-encoded image file ({error}); send each image file's "
+            f"bytes, base64-encoded (BMP, PNG, JPEG, TIFF)",
+            error_code=INVALID_PARAMETER_VALUE,
+        ) from error
+
+
+def _requirements() -> list[str]:
+    """What loading the model needs besides MLflow (which adds itself): the versions that trained it."""
+    import importlib.metadata as metadata
+
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in ("torch", "pillow", "numpy", "pandas")]
+
+
+def log_cell_model(state: dict[str, torch.Tensor], spec: Preprocessing, example: bytes) -> str:
+    """Log the pyfunc under the active run as ``model``; returns its ``models:/m-…`` URI. ``example``: an image
+    file's bytes for the input example."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        torch.save(dict(state), folder / "weights.pt")
+        (folder / "preprocessing.json").write_text(json.dumps(asdict(spec)))
+        code = shutil.copytree(PACKAGE, folder / "code" / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(MODEL_CODE),
+            artifacts={"weights": str(folder / "weights.pt"), "preprocessing": str(folder / "preprocessing.json")},
+            code_paths=[str(code)],
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({INPUT_COLUMN: [encode(example)]}),
+            pip_requirements=_requirements(),
+        )
+    return info.model_uri

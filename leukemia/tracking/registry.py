@@ -1,0 +1,123 @@
+"""The model registry: each training run's model as a version of ``registry.name``, a sweep's best version as
+its ``champion`` (an alias; stages are deprecated), and the model a user names (``predict.model``) found, checked
+and loaded, with one line for each way it can be missing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from leukemia.errors import UserError
+from leukemia.tracking.cell_model import MODEL_NAME, CellModel
+from leukemia.tracking.store import Store, retry_when_locked
+
+CHAMPION = "champion"
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+REGISTERED = re.compile(r"models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?")
+FORMS = "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model or a bare run id"
+
+
+@retry_when_locked
+def register(model_uri: str, name: str, tags: Mapping[str, str]) -> ModelVersion:
+    """A new version of the registered model ``name`` (created if need be) for the logged model ``model_uri``."""
+    return mlflow.register_model(model_uri, name, tags=dict(tags))
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version holding the ``champion`` alias, and the run that trained it."""
+
+    name: str
+    version: str
+    run_id: str
+
+    def __str__(self) -> str:
+        return f"models:/{self.name}@{CHAMPION} (version {self.version}, run {self.run_id})"
+
+
+@retry_when_locked
+def crown(uri: str, name: str, run_id: str) -> Champion:
+    """Give the ``champion`` alias to the newest version of ``name`` that run ``run_id`` registered."""
+    client = MlflowClient(tracking_uri=uri)
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        raise UserError(f"registry.name={name}: run {run_id} registered no version of it; nothing to crown")
+    best = max(versions, key=lambda version: int(version.version))
+    client.set_registered_model_alias(name, CHAMPION, best.version)
+    return Champion(name, best.version, run_id)
+
+
+def champions(uri: str, run_ids: list[str]) -> list[Champion]:
+    """The champion versions among those the runs ``run_ids`` registered (any registered model)."""
+    client = MlflowClient(tracking_uri=uri)
+    quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
+    versions = client.search_model_versions(f"run_id IN ({quoted})") if run_ids else []
+    by_version = {(v.name, str(v.version)): v.run_id for v in versions}
+    crowned = {name: str(client.get_registered_model(name).aliases.get(CHAMPION)) for name, _ in by_version}
+    return [Champion(name, version, by_version[name, version]) for name, version in crowned.items()
+            if (name, version) in by_version]  # fmt: skip
+
+
+def model_uri(reference: str) -> str:
+    """``predict.model`` as an MLflow model URI: a bare run id names that run's ``model``."""
+    if RUN_ID.fullmatch(reference):
+        return f"runs:/{reference}/{MODEL_NAME}"
+    if reference.startswith(("models:/", "runs:/")):
+        return reference
+    raise UserError(f"predict.model={reference}: not a model reference; give {FORMS}")
+
+
+def _check_registered(client: MlflowClient, uri: str, reference: str) -> None:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names a registered model and one of its
+    versions (a logged model's own ``models:/m-<id>`` is left to the loader)."""
+    found = REGISTERED.fullmatch(reference)
+    if found is None:
+        raise UserError(f"predict.model={reference}: not a model reference; give {FORMS}")
+    name, alias, version = found.group("name", "alias", "version")
+    if alias is None and version is None:
+        if name.startswith("m-"):  # a logged model's own id
+            return
+        raise UserError(f"predict.model={reference}: names no version; add @<alias> or /<version> (e.g. "
+                        f"models:/{name}@{CHAMPION})")  # fmt: skip
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        known = ", ".join(model.name for model in client.search_registered_models()) or "none"
+        raise UserError(f"predict.model={reference}: no registered model '{name}' in {uri} (registered: {known}); "
+                        f"register one with registry.name=<name> when training") from error  # fmt: skip
+    try:
+        client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as error:
+        aliases = client.get_registered_model(name).aliases  # search results carry none
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        listed = ", ".join(str(v) + "".join(f" @{a}" for a, of in aliases.items() if int(of) == v) for v in versions)
+        what = f"alias @{alias}" if alias else f"version {version}"
+        raise UserError(f"predict.model={reference}: '{name}' has no {what} (versions: {listed})") from error
+
+
+def load(uri: str, reference: str) -> tuple[CellModel, str]:
+    """The cell model ``predict.model`` names (see ``FORMS``) from the store at ``uri``, and its URI."""
+    resolved = model_uri(reference)
+    client = MlflowClient(tracking_uri=uri)
+    if resolved.startswith("runs:/"):
+        run = Store(uri).run(resolved.split("/")[1], key="predict.model")
+        missing = f"run {run.id} ({run.name}, {run.status}) has no logged model '{MODEL_NAME}'"
+    else:
+        _check_registered(client, uri, resolved)
+        missing = f"predict.model={reference}: no model found there"
+    mlflow.set_tracking_uri(uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(resolved)
+    except (MlflowException, OSError) as error:
+        raise UserError(f"{missing}; train it again (task=train logs one at its best epoch) or pick "
+                        f"another model") from error  # fmt: skip
+    model = loaded.unwrap_python_model()
+    if not isinstance(model, CellModel):
+        raise UserError(f"predict.model={reference}: a {type(model).__name__}, not a model task=train logged")
+    return model, resolved

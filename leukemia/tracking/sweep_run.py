@@ -1,0 +1,79 @@
+"""A sweep's own MLflow run, opened and closed in the launching process: its jobs' runs nest under it (the UI
+folds them), and at the end it names the best job, which an Optuna search tags its best trial and, with
+``registry.name``, the registry makes its champion."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from leukemia.config import Monitor
+from leukemia.errors import UserError
+from leukemia.tracking.registry import crown
+from leukemia.tracking.runs import run_link
+from leukemia.tracking.store import RunRecord, Store, ensure_experiment, retry_when_locked, ui_base
+from leukemia.tracking.sweep import SWEEP_RUN_FILE, search_direction
+
+log = logging.getLogger(__name__)
+
+
+def best_job(config: DictConfig, sweep_dir: str) -> RunRecord | None:
+    """The sweep's finished job with the best ``trainer.monitor`` value, named in the log with its link."""
+    store = Store(config.tracking.uri)
+    monitor = Monitor(config.trainer.monitor).value
+    jobs = [run for run in store.runs(config.tracking.experiment)
+            if run.tags.get("sweep_id") == sweep_dir and f"best_{monitor}" in run.metrics]  # fmt: skip
+    if not jobs:
+        log.warning("no finished job of this sweep is in %s", config.tracking.uri)
+        return None
+    pick = min if search_direction(monitor) == "minimize" else max
+    best = pick(jobs, key=lambda run: run.metrics[f"best_{monitor}"])
+    link = run_link(ui_base(config.tracking.uri, config.tracking.ui_url), best.experiment_id, best.id)
+    log.info("best job of %d: %s, %s %.4f, overrides: %s; open %s", len(jobs), best.name, monitor,
+             best.metrics[f"best_{monitor}"], best.tags.get("overrides", ""), link)  # fmt: skip
+    return best
+
+
+class SweepRun:
+    """The sweep's run; its id is left in the sweep folder, where every job, on any machine, finds it."""
+
+    def __init__(self, client: MlflowClient, run_id: str, sweep_dir: str):
+        self.client, self.run_id, self.sweep_dir = client, run_id, sweep_dir
+        self.closed = False
+
+    @classmethod
+    def open(cls, config: DictConfig, sweep_dir: str) -> SweepRun:
+        client = MlflowClient(tracking_uri=config.tracking.uri)
+        experiment_id = ensure_experiment(config.tracking.uri, config.tracking.experiment)
+        tags = {"sweep_id": sweep_dir, "kind": "sweep", "overrides": " ".join(config.hydra.overrides.task)}
+        name = "sweep-" + "-".join(Path(sweep_dir).parts[-2:])  # multirun/<date>/<time>-<pid>
+        run = retry_when_locked(client.create_run)(experiment_id, run_name=name, tags=tags)
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        (Path(sweep_dir) / SWEEP_RUN_FILE).write_text(run.info.run_id + "\n")
+        return cls(client, run.info.run_id, sweep_dir)
+
+    def honour_best(self, config: DictConfig) -> None:
+        """The best job recorded on the sweep's run, tagged the best trial of an Optuna search and, with
+        ``registry.name``, its version made the champion."""
+        best = best_job(config, self.sweep_dir)
+        if best is None:
+            return
+        key = f"best_{Monitor(config.trainer.monitor).value}"
+        retry_when_locked(self.client.set_tag)(self.run_id, "best_run", best.id)
+        retry_when_locked(self.client.log_metric)(self.run_id, key, best.metrics[key])
+        if "study_name" in config.hydra.sweeper:
+            Store(config.tracking.uri).tag(best.id, "best_trial", "true")
+        if config.registry.name:
+            try:
+                log.info("champion: %s", crown(config.tracking.uri, config.registry.name, best.id))
+            except UserError as error:
+                log.warning("%s", error.one_line())
+
+    def close(self, status: str) -> None:
+        """End the run FINISHED, FAILED or KILLED (once: the exit handler then finds it closed)."""
+        if not self.closed:
+            retry_when_locked(self.client.set_terminated)(self.run_id, status)
+            self.closed = True
