@@ -9,6 +9,7 @@ scores the images exactly as it does when served.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +81,14 @@ def predict(composed: DictConfig) -> dict[str, float]:
                  model.device, run.link)  # fmt: skip
         run.log_params({"predict.model": cfg.predict.model, "model_uri": uri, "predict.input": cells.source,
                         "images": len(cells)})  # fmt: skip
+        started = time.perf_counter()
         predictions, skipped = score(model, cells, cfg)
+        rate = len(cells) / (time.perf_counter() - started)
         predictions.to_csv(output, index=False)
         run.log_artifact(output)
-        run.log_metrics({"images_scored": len(predictions), "images_skipped": len(skipped)})
+        run.log_metrics({"images_scored": len(predictions), "images_skipped": len(skipped), "images_per_s": rate})
         if skipped:
             run.log_text("\n".join(skipped) + "\n", "data/skipped_images.txt")
             log.warning("%d unreadable images left out (data.on_bad_image=skip): %s", len(skipped), skipped[:3])
-        log.info("%d predictions -> %s", len(predictions), output)
+        log.info("%d predictions (%.1f images/s, decoding included) -> %s", len(predictions), rate, output)
     return {}

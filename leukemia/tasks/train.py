@@ -76,8 +76,8 @@ def log_model(run: Run, cfg: Config, best: BestEpoch, example: Manifest) -> None
     ``registry.name``, registered as a new version of that model."""
     data = cfg.data
     spec = Preprocessing(cfg.model.depth, cfg.model.num_classes, data.crop_size, data.image_size, data.mean, data.std)
-    pixels = preview(example, data.crop_size, data.image_size, count=2).images  # one of each class
-    model_uri = run.log_model(best.state, spec, png(pixels[0]) if len(pixels) else png(torch.zeros(3, 8, 8)))
+    pixels = preview(example, data.crop_size, data.image_size, count=2).images  # one of each class, readable
+    model_uri = run.log_model(best.state, spec, png(pixels[0]))
     if cfg.registry.name:
         tags = {"depth": str(cfg.model.depth), "data": data.name, "monitor": best.monitor.value,
                 best.monitor.value: f"{best.value:.6g}", "run_name": run.name}  # fmt: skip

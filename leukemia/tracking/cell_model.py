@@ -86,7 +86,9 @@ class CellModel(mlflow.pyfunc.PythonModel):
         inputs = self.normalise(pixels.to(self.device, non_blocking=True))
         return self.network(inputs).float().softmax(dim=1).cpu().numpy()
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params=None
+    ) -> pd.DataFrame:
         """``probability_all`` and ``label`` per row of base64-encoded image files."""
         images = [self.pixels(_decoded(row, value)) for row, value in enumerate(model_input[INPUT_COLUMN])]
         batches = [self.probabilities(torch.stack(images[i : i + BATCH])) for i in range(0, len(images), BATCH)]
@@ -105,8 +107,9 @@ def _decoded(row: int, value: object) -> PIL.Image.Image:
     try:
         return read_image(base64.b64decode(str(value), validate=True))
     except (binascii.Error, *UNREADABLE) as error:
+        reason = str(error).split(" <")[0]  # PIL names the in-memory buffer it read
         raise MlflowException(
-            f"row {row}: '{INPUT_COLUMN}' is not a base64-encoded image file ({error}); send each image file's "
+            f"row {row}: '{INPUT_COLUMN}' is not a base64-encoded image file ({reason}); send each image file's "
             f"bytes, base64-encoded (BMP, PNG, JPEG, TIFF)",
             error_code=INVALID_PARAMETER_VALUE,
         ) from error
