@@ -70,13 +70,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 # What PIL raises for broken, unknown or absurdly large files (a header claiming billions of pixels)
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-# The files a folder of cells is read for (the other files in it, a README or a CSV, are not images)
-IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
-def is_image_file(path: Path) -> bool:
-    """A file with an image suffix (any case), not a hidden one such as .DS_Store or macOS's ._ copies."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
 
 
 def read_image(source: Path | str | bytes) -> Image.Image:

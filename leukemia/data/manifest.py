@@ -22,6 +22,8 @@ from leukemia.errors import UserError
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("normal", "all")  # label 0 = normal (C-NMC "hem"), label 1 = ALL blast
+# The files a folder of cells is read for (the other files in it, a README or a CSV, are not images)
+IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SHOWN = 3  # how many culprits a message names
 
 
@@ -29,6 +31,11 @@ def first_few(items: Sequence[object]) -> str:
     """``a, b, c`` or ``a, b, c, …``: the culprits a one-line message names."""
     shown = ", ".join(str(item) for item in items[:SHOWN])
     return shown + (", …" if len(items) > SHOWN else "")
+
+
+def is_image_file(path: Path) -> bool:
+    """A file with an image suffix (any case), not a hidden one such as .DS_Store or macOS's ._ copies."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
 
 
 def check_labels(table: pd.DataFrame, column: str, where: str) -> list[int]:

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leukemia.data.decoding import IMAGE_SUFFIXES, is_image_file
-from leukemia.data.manifest import Manifest, check_filled, missing_files_error, read_csv_columns
+from leukemia.data.manifest import (
+    IMAGE_SUFFIXES,
+    Manifest,
+    check_filled,
+    is_image_file,
+    missing_files_error,
+    read_csv_columns,
+)
 from leukemia.errors import UserError
 
 

@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leukemia.config import CnmcDataConfig, CnmcTestSet, SplitMethod
-from leukemia.data.decoding import is_image_file
-from leukemia.data.manifest import Manifest, Splits, check_labels, first_few, missing_files_error, read_csv_columns
+from leukemia.data.manifest import (
+    Manifest,
+    Splits,
+    check_labels,
+    first_few,
+    is_image_file,
+    missing_files_error,
+    read_csv_columns,
+)
 from leukemia.data.splitting import split_by_subject
 from leukemia.errors import UserError
 
