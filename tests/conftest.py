@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -131,6 +132,13 @@ def write_cnmc_tree(
 def tiny_lab(tmp_path_factory) -> Path:
     """A separable lab-layout set: 64 train, 32 valid, 8 test images of 40x40 px."""
     return write_lab_layout(tmp_path_factory.mktemp("lab"), {"train": 64, "valid": 32, "test": 8})
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def client_for(folder: Path) -> MlflowClient:

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import FAST, client_for, run_cli, run_clis, runs_of, write_lab_layout
+from conftest import FAST, client_for, free_port, run_cli, run_clis, runs_of, write_lab_layout
 
 pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
 
@@ -199,14 +199,6 @@ def test_bad_model_references_and_inputs_fail_in_one_line(trained, tmp_path):
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and expected in last, last
     assert len(runs_of(folder, kind="predict")[1]) == before  # refused before a run opened
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(port: int, body: bytes) -> tuple[int, dict]:

@@ -4,7 +4,6 @@ local launcher, an Optuna search, and a real `mlflow server` (tracking and proxi
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from leukemia.config import TrackingConfig
 from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import LOCK_PAUSES_S
 
-from conftest import FAST, compose_config, run_cli, runs_of
+from conftest import FAST, compose_config, free_port, run_cli, runs_of
 
 
 def metric_steps(client: MlflowClient, run, key: str) -> list[int]:
@@ -123,12 +122,6 @@ def test_a_search_pushing_the_monitor_the_wrong_way_is_refused_before_any_trial(
         "which must be minimized; set hydra.sweeper.direction=minimize"
     )
     assert runs_of(tmp_path)[1] == []
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
