@@ -351,7 +351,7 @@ class TrackingConfig:
     # http://127.0.0.1:5000, where `mlflow ui` listens.
     ui_url: str | None = checked(None, WEB_ADDRESS)
     # Seconds between samples of MLflow's system metrics (CPU, memory; GPU on CUDA); null: none.
-    system_metrics_s: float | None = checked(10.0, POSITIVE)
+    system_metrics_s: float | None = checked(2.0, POSITIVE)
 
 
 @dataclass

@@ -25,7 +25,6 @@ from conftest import FAST, client_for, free_port, run_cli, run_clis, runs_of, wr
 
 pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
 
-SYSTEM_METRICS = "tracking.system_metrics_s=0.5"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def trained(tmp_path_factory):
     test = pd.read_csv(root / "resnet_18_test.csv")
     test.assign(label=[index % 2 for index in range(len(test))]).to_csv(root / "test_labels.csv", index=False)
     result = run_cli(*FAST, f"data.root={root}", "data.test_labels_csv=test_labels.csv", "trainer.epochs=2",
-                     "registry.name=cells", SYSTEM_METRICS, cwd=folder)  # fmt: skip
+                     "registry.name=cells", cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs_of(folder, kind="train")[1]
     return folder, root, run
@@ -125,7 +124,9 @@ def test_predict_on_a_folder_scores_every_image_under_it_as_one_run(trained, tmp
     (prediction,) = runs_of(folder, kind="predict")[1]
     assert prediction.info.status == "FINISHED"
     params = prediction.data.params
-    assert (params["predict.model"], params["images"], params["predict.input"]) == ("models:/cells/1", "12", str(cells))
+    assert (params["predict.model"], params["image_count"], params["predict.input"]) == (
+        "models:/cells/1", "12", str(cells))  # fmt: skip
+    assert params["model_uri"] == "models:/cells/1" and params["predict.output"] == str(output)
     client = client_for(folder)
     assert [item.path for item in client.list_artifacts(prediction.info.run_id)] == ["out.csv"]
 
@@ -139,7 +140,7 @@ def test_predict_on_a_csv_keeps_its_order_and_subjects_with_a_bare_run_id(traine
                      f"predict.output={tmp_path / 'out.csv'}", cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     scored = pd.read_csv(tmp_path / "out.csv")
-    assert list(scored.columns) == ["path", "subject", "probability_all", "label"]
+    assert list(scored.columns) == ["path", "probability_all", "label", "subject"]
     assert scored["path"].tolist() == table["path"].tolist() and scored["subject"].tolist() == table["subject"].tolist()
     expected = predictions_of_training(run).iloc[order]
     np.testing.assert_allclose(scored["probability_all"], expected["probability_all"], atol=1e-5)
@@ -249,6 +250,9 @@ def test_a_sweep_crowns_its_best_version_which_plot_names_predict_uses_and_a_ser
     report = run_cli("task=plot", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     assert crowned in report.stdout + report.stderr
+    (reported,) = runs_of(tmp_path, kind="report")[1]
+    summary = pd.read_csv(Path(reported.data.tags["output_dir"]) / "summary.csv").set_index("run_id")
+    assert summary.loc[best.info.run_id, "registered"] == f"swept/{champion.version} @champion"
     output = tmp_path / "scored.csv"
     scored = run_cli("task=predict", "predict.model=models:/swept@champion", f"predict.input={root / 'test'}",
                      f"predict.output={output}", cwd=tmp_path)  # fmt: skip

@@ -48,10 +48,10 @@ def score(model: CellModel, cells: Manifest, cfg: Config) -> tuple[pd.DataFrame,
             probabilities.append(model.probabilities(batch.images))
     scored = table(np.concatenate(probabilities) if probabilities else np.empty((0, spec.num_classes)))
     kept = [i for i, path in enumerate(cells.paths) if not any(note.startswith(f"{path} (") for note in skipped)]
-    rows = pd.DataFrame({"path": [cells.identifiers()[i] for i in kept]})
+    rows = pd.concat([pd.DataFrame({"path": [cells.identifiers()[i] for i in kept]}), scored], axis=1)
     if cells.subjects is not None:
         rows["subject"] = [cells.subjects[i] for i in kept]
-    return pd.concat([rows, scored], axis=1), skipped
+    return rows, skipped
 
 
 def _output(cfg: Config) -> Path:
@@ -79,8 +79,8 @@ def predict(composed: DictConfig) -> dict[str, float]:
     with tracked_run(cfg.tracking, f"predict-{Path(cfg.predict.input).name}", tags, sweep_run_id()) as run:
         log.info("predicting %d images (%s) with %s on %s: MLflow run %s", len(cells), cells.source, uri,
                  model.device, run.link)  # fmt: skip
-        run.log_params({"predict.model": cfg.predict.model, "model_uri": uri, "predict.input": cells.source,
-                        "images": len(cells)})  # fmt: skip
+        run.log_params({"predict.model": cfg.predict.model, "predict.input": cfg.predict.input,
+                        "predict.output": str(output), "model_uri": uri, "image_count": len(cells)})  # fmt: skip
         started = time.perf_counter()
         predictions, skipped = score(model, cells, cfg)
         rate = len(cells) / (time.perf_counter() - started)

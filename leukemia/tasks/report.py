@@ -24,7 +24,7 @@ from leukemia.data.manifest import CLASS_NAMES
 from leukemia.errors import UserError
 from leukemia.tasks.context import launch_context, output_dir
 from leukemia.tracking.figures import comparison_figure, confusion_grid_figure
-from leukemia.tracking.registry import champions
+from leukemia.tracking.registry import CHAMPION, Version, versions_of
 from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import RunRecord, Store
 
@@ -85,11 +85,16 @@ def run_labels(runs: list[RunRecord], varying: list[str]) -> list[str]:
     return labels
 
 
-def summary_table(runs: list[RunRecord], varying: list[str]) -> pd.DataFrame:
+def summary_table(runs: list[RunRecord], varying: list[str], versions: list[Version]) -> pd.DataFrame:
+    """One row per run: its hyper-parameters, best metrics and, when it registered its model, the version
+    (``cells/2 @champion``)."""
     columns = list(dict.fromkeys([*KEY_PARAMS, *varying]))
+    registered = {run.id: " ".join(f"{v.name}/{v.version}" + f" @{CHAMPION}" * v.champion for v in versions
+                                   if v.run_id == run.id) for run in runs}  # fmt: skip
     rows = []
     for run in runs:
         row = {"run": run.name, "run_id": run.id, "status": run.status}
+        row |= {"registered": registered[run.id]} if versions else {}
         row |= {key: run.params.get(key, "") for key in columns}
         row |= {key: run.metrics[key] for key in SUMMARY_METRICS if key in run.metrics}
         rows.append(row)
@@ -168,9 +173,11 @@ def confusion_matrices(store: Store, runs: list[RunRecord], labels: list[str], s
     return matrices
 
 
-def write_tables(folder: Path, runs: list[RunRecord], varying: list[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def write_tables(
+    folder: Path, runs: list[RunRecord], varying: list[str], versions: list[Version]
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The summary table and, over fold runs, the cross-validation summary, as CSV and Markdown in ``folder``."""
-    table = summary_table(runs, varying)
+    table = summary_table(runs, varying, versions)
     table.to_csv(folder / "summary.csv", index=False)
     (folder / "summary.md").write_text(markdown(table))
     folds = cv_summary(runs, varying)
@@ -193,7 +200,8 @@ def plot(composed: DictConfig) -> dict[str, float]:
     }
     folder = output_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    table, folds = write_tables(folder, runs, varying)
+    versions = versions_of(cfg.tracking.uri, [run.id for run in runs])
+    table, folds = write_tables(folder, runs, varying, versions)
     tables = ["summary.csv", "summary.md"] + (["cv_summary.csv", "cv_summary.md"] if folds is not None else [])
     with tempfile.TemporaryDirectory() as scratch:
         matrices = confusion_matrices(store, runs, labels, Path(scratch))
@@ -207,7 +215,7 @@ def plot(composed: DictConfig) -> dict[str, float]:
     _, tags = launch_context(cfg)
     tags = {key: value for key, value in tags.items() if key not in ("model", "data")}
     tags["compared_runs"] = " ".join(run.id for run in runs)
-    crowned = champions(cfg.tracking.uri, [run.id for run in runs])
+    crowned = [version for version in versions if version.champion]
     if crowned:
         tags["champion"] = " ".join(str(champion) for champion in crowned)
     name = f"report-{what.replace(' ', '-')}"

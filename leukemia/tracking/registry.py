@@ -30,19 +30,21 @@ def register(model_uri: str, name: str, tags: Mapping[str, str]) -> ModelVersion
 
 
 @dataclass(frozen=True)
-class Champion:
-    """The version holding the ``champion`` alias, and the run that trained it."""
+class Version:
+    """A registered model version, the run that trained it, and whether it holds the ``champion`` alias."""
 
     name: str
     version: str
     run_id: str
+    champion: bool = False
 
     def __str__(self) -> str:
-        return f"models:/{self.name}@{CHAMPION} (version {self.version}, run {self.run_id})"
+        where = f"models:/{self.name}@{CHAMPION}" if self.champion else f"models:/{self.name}/{self.version}"
+        return f"{where} (version {self.version}, run {self.run_id})"
 
 
 @retry_when_locked
-def crown(uri: str, name: str, run_id: str) -> Champion:
+def crown(uri: str, name: str, run_id: str) -> Version:
     """Give the ``champion`` alias to the newest version of ``name`` that run ``run_id`` registered."""
     client = MlflowClient(tracking_uri=uri)
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
@@ -50,18 +52,19 @@ def crown(uri: str, name: str, run_id: str) -> Champion:
         raise UserError(f"registry.name={name}: run {run_id} registered no version of it; nothing to crown")
     best = max(versions, key=lambda version: int(version.version))
     client.set_registered_model_alias(name, CHAMPION, best.version)
-    return Champion(name, best.version, run_id)
+    return Version(name, str(best.version), run_id, champion=True)
 
 
-def champions(uri: str, run_ids: list[str]) -> list[Champion]:
-    """The champion versions among those the runs ``run_ids`` registered (any registered model)."""
+def versions_of(uri: str, run_ids: list[str]) -> list[Version]:
+    """The versions the runs ``run_ids`` registered (of any registered model), champions marked."""
+    if not run_ids:
+        return []
     client = MlflowClient(tracking_uri=uri)
     quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
-    versions = client.search_model_versions(f"run_id IN ({quoted})") if run_ids else []
-    by_version = {(v.name, str(v.version)): v.run_id for v in versions}
-    crowned = {name: str(client.get_registered_model(name).aliases.get(CHAMPION)) for name, _ in by_version}
-    return [Champion(name, version, by_version[name, version]) for name, version in crowned.items()
-            if (name, version) in by_version]  # fmt: skip
+    found = client.search_model_versions(f"run_id IN ({quoted})")
+    # Search results carry no aliases: the registered model holds them.
+    crowned = {name: str(client.get_registered_model(name).aliases.get(CHAMPION)) for name in {v.name for v in found}}
+    return [Version(v.name, str(v.version), v.run_id, crowned[v.name] == str(v.version)) for v in found]
 
 
 def model_uri(reference: str) -> str:
