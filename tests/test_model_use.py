@@ -26,7 +26,6 @@ from conftest import FAST, client_for, free_port, run_cli, run_clis, runs_of, wr
 pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
 
 
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One training run registered as version 1 of "cells", on a lab set with labelled test images."""
