@@ -4,6 +4,7 @@ seeded) and always closed with a final status: FINISHED, FAILED on an error, KIL
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,10 +104,11 @@ class Run:
     def log_dataset(self, table: pd.DataFrame, name: str, source: str, tags: Mapping[str, str]) -> None:
         """A split as one of the run's Datasets: its file list (``path``, ``label``, ``subject``; a digest of it
         tells two runs' splits apart), where it was read from, and ``tags`` (counts)."""
-        dataset = mlflow.data.from_pandas(
-            table, source=source, name=name, targets="label" if "label" in table else None
-        )
-        mlflow.log_input(dataset, context=name, tags=dict(tags))
+        targets = "label" if "label" in table else None
+        with warnings.catch_warnings():  # that a local path fits two of MLflow's source types; integer labels
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(table, source=source, name=name, targets=targets)
+            mlflow.log_input(dataset, context=name, tags=dict(tags))
 
     @retry_when_locked
     def log_model(self, state: Mapping[str, torch.Tensor], spec: Preprocessing, example: bytes) -> str:
