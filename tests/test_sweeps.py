@@ -4,6 +4,7 @@ local launcher, an Optuna search, and a real `mlflow server` (tracking and proxi
 from __future__ import annotations
 
 import logging
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from leukemia.config import TrackingConfig
 from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import LOCK_PAUSES_S
 
-from conftest import FAST, compose_config, free_port, run_cli, runs_of
+from conftest import FAST, compose_config, free_port, run_cli, runs_of, signal_after, start
 
 
 def metric_steps(client: MlflowClient, run, key: str) -> list[int]:
@@ -57,6 +58,17 @@ def test_three_parallel_joblib_jobs_on_one_sqlite_store_lose_nothing(tiny_lab, t
     decoded = cache / "decoded"
     assert len(list(decoded.glob("*.npy"))) == 3  # train, valid, test
     assert not list(decoded.glob("*.partial*"))
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_with_ctrl_c_leaves_its_own_run_and_its_job_killed(tiny_lab, tmp_path):
+    sweep = start(("-m", *FAST, f"data.root={tiny_lab}", "trainer.epochs=50", "optim.lr=0.05,0.001"), tmp_path)
+    output = signal_after(sweep, signal.SIGINT)
+    assert sweep.returncode == 130, output[-3000:]
+    (job,) = runs_of(tmp_path)[1]
+    (own,) = runs_of(tmp_path, kind="sweep")[1]
+    assert (job.info.status, own.info.status) == ("KILLED", "KILLED")  # none left RUNNING
+    assert job.data.tags["mlflow.parentRunId"] == own.info.run_id
 
 
 @pytest.mark.slow
