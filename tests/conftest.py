@@ -184,8 +184,9 @@ FAST = ("data=lab", "data.crop_size=36", "data.image_size=32", "data.batch_size=
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    """Every metric of the run as (step, value) pairs in step order."""
-    keys = client.get_run(run_id).data.metrics
+    """Every metric the run's training logged as (step, value) pairs in step order (MLflow's ``system/`` samples
+    of the machine, which no two runs share, left out)."""
+    keys = [key for key in client.get_run(run_id).data.metrics if not key.startswith("system/")]
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
