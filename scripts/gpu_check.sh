@@ -2,7 +2,8 @@
 # The checks that need a CUDA GPU, in one pass (a few minutes on one H100/H200):
 #   1. the benchmark (python -m leukemia.bench) for resnet18/50/152 at 350 px, bf16 + channels_last;
 #   2. reproducibility: two deterministic CUDA runs of the same config, every metric at every step compared;
-#   3. scale-out: three joblib sweep jobs sharing the GPU, on one sqlite store.
+#   3. scale-out: three joblib sweep jobs sharing the GPU, on one sqlite store (and the sweep's own run);
+#   4. the logged model: task=predict on the GPU (its rate), and the GPU's system metrics on the training run.
 #
 #   usage: scripts/gpu_check.sh [OUTPUT_DIR]       (from the repository root, with the package importable)
 # DEVICE=cpu IMAGES=16 BATCH=8 SIZE=64 DEPTHS=18 EPOCHS=1 tries the script on a machine without a GPU.
@@ -50,7 +51,7 @@ runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id
 first, second = runs["deterministic-first"], runs["deterministic-second"]
 def history(run):
     return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-            for key in run.data.metrics}
+            for key in run.data.metrics if not key.startswith("system/")}  # samples of the machine differ
 a, b = history(first), history(second)
 differ = sorted(key for key in a if a[key] != b.get(key))
 print(f"device tag: {first.data.params.get('trainer.device')}; statuses {first.info.status}/{second.info.status}; "
@@ -69,13 +70,26 @@ import sys
 from mlflow.tracking import MlflowClient
 
 client = MlflowClient("sqlite:///mlflow.db")
-runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+everything = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+runs = [run for run in everything if run.data.tags.get("kind") == "train"]
+print("sweep run:", [(run.info.run_name, run.info.status) for run in everything if run.data.tags.get("kind") == "sweep"])
 for run in runs:
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     print(run.info.run_name, run.info.status, "val_accuracy steps", steps,
           "best", round(run.data.metrics.get("best_val_accuracy", float("nan")), 4))
 sys.exit(0 if len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs) else 1)
 EOF
+step "4. task=predict with the first deterministic run's model on the $device"
+first_id=$("$py" -c "from mlflow.tracking import MlflowClient as C; c = C('sqlite:///mlflow.db'); print(c.search_runs([c.get_experiment_by_name('leukemia').experiment_id], \"attributes.run_name = 'deterministic-first'\")[0].info.run_id)")
+test_dir=$(dirname "$(find "$HOME/.cache/leukemia/demo-v1" -path '*new_dataset/test/*.bmp' | head -n 1)")
+"$py" "$repo/run.py" task=predict predict.model="$first_id" predict.input="$test_dir" trainer.device="$device" \
+  predict.output="$out/predictions.csv" trainer.progress=false > "$out/predict.log" 2>&1 || status=1
+grep -h "predicting\|predictions (" "$out/predict.log"
+"$py" -c "
+from mlflow.tracking import MlflowClient as C
+run = C('sqlite:///mlflow.db').get_run('$first_id')
+print('system metrics of the training run:', sorted(k for k in run.data.metrics if k.startswith('system/')))
+" | tee "$out/system_metrics.txt"
 cd "$repo" || exit 1
 rm -rf "$work"
 echo; echo "gpu_check: $([ $status = 0 ] && echo all passed || echo SOME CHECK FAILED)"
