@@ -148,6 +148,17 @@ def missing_files_error(paths: Sequence[Path], where: str, hint: str) -> UserErr
     )
 
 
+def listed_files(table: pd.DataFrame, column: str, csv_path: Path) -> list[Path]:
+    """The files a CSV's ``column`` names, read relative to the CSV's folder: every row names one, and each
+    exists (else the error naming the first few)."""
+    check_filled(table, column, str(csv_path))
+    paths = [(csv_path.parent / str(value).strip()).resolve() for value in table[column]]
+    error = missing_files_error(paths, str(csv_path), f"'{column}' values are read relative to {csv_path.parent}")
+    if error:
+        raise error
+    return paths
+
+
 def check_manifest(manifest: Manifest) -> None:
     """A split must have images, each listed once; a training split needs both classes."""
     where = manifest.source or f"the {manifest.name} split"

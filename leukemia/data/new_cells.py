@@ -8,9 +8,8 @@ from pathlib import Path
 from leukemia.data.manifest import (
     IMAGE_SUFFIXES,
     Manifest,
-    check_filled,
     is_image_file,
-    missing_files_error,
+    listed_files,
     read_csv_columns,
 )
 from leukemia.errors import UserError
@@ -29,12 +28,8 @@ def csv_cells(csv_path: Path) -> Manifest:
     """The files a CSV's ``path`` column names (relative to the CSV's folder), in its order, with its
     ``subject`` column if it has one."""
     table = read_csv_columns(csv_path, ["path"], "predict")
-    check_filled(table, "path", str(csv_path))
+    paths = listed_files(table, "path", csv_path)
     names = [str(name).strip() for name in table["path"]]
-    paths = [(csv_path.parent / name).resolve() for name in names]
-    missing = missing_files_error(paths, str(csv_path), "fix the 'path' column (relative to the CSV's folder)")
-    if missing is not None:
-        raise missing
     subjects = [str(subject) for subject in table["subject"]] if "subject" in table.columns else None
     return Manifest("predict", paths, None, subjects, source=str(csv_path), ids=names)
 

@@ -48,7 +48,8 @@ def score(model: CellModel, cells: Manifest, cfg: Config) -> tuple[pd.DataFrame,
             probabilities.append(model.probabilities(batch.images))
     scored = table(np.concatenate(probabilities) if probabilities else np.empty((0, spec.num_classes)))
     kept = [i for i, path in enumerate(cells.paths) if not any(note.startswith(f"{path} (") for note in skipped)]
-    rows = pd.concat([pd.DataFrame({"path": [cells.identifiers()[i] for i in kept]}), scored], axis=1)
+    names = cells.identifiers()
+    rows = pd.concat([pd.DataFrame({"path": [names[i] for i in kept]}), scored], axis=1)
     if cells.subjects is not None:
         rows["subject"] = [cells.subjects[i] for i in kept]
     return rows, skipped

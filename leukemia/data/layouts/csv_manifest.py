@@ -13,10 +13,9 @@ from leukemia.data.layouts.lab import data_root
 from leukemia.data.manifest import (
     Manifest,
     Splits,
-    check_filled,
     check_labels,
     first_few,
-    missing_files_error,
+    listed_files,
     read_csv_columns,
 )
 from leukemia.errors import UserError
@@ -46,11 +45,7 @@ def csv_splits(data_cfg: CsvDataConfig) -> Splits:
         if not unnamed.empty:
             raise _rows_error(csv_path, "subject", unnamed, "must name every row's subject, or none")
         subjects = table["subject"].astype(str).tolist()
-    check_filled(table, "path", str(csv_path))
-    paths = [(csv_path.parent / str(value)).resolve() for value in table["path"]]
-    error = missing_files_error(paths, str(csv_path), f"'path' values are read relative to {csv_path.parent}")
-    if error:
-        raise error
+    paths = listed_files(table, "path", csv_path)
     whole = Manifest("all", paths, None, subjects, str(csv_path), table["path"].astype(str).tolist())
 
     def rows(name: str, labelled: bool) -> Manifest | None:
