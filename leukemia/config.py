@@ -313,11 +313,23 @@ class TrainerConfig:
     deterministic: bool = False
 
 
+def _is_threshold(value: Any) -> bool:
+    try:
+        return value == "balanced" or 0 < float(value) < 1
+    except ValueError:
+        return False
+
+
 @dataclass
 class EvalConfig:
     tta: TTA = TTA.none
     # Evaluation batches are this many times data.batch_size (no gradients, so they fit).
     batch_factor: int = checked(2, POSITIVE)
+    # A cell (or a subject, by its mean) is called ALL when its calibrated probability of ALL is at least this;
+    # `balanced`: the value that maximises balanced accuracy on the validation split, then fixed.
+    threshold: str = checked("0.5", Rule(_is_threshold, "must be a number between 0 and 1 (e.g. 0.5) or balanced"))
+    # Bootstrap draws for the test scores' 95% intervals (of subjects where known, else of cells); 0: none.
+    bootstrap: int = checked(1000, NOT_NEGATIVE)
 
 
 @dataclass
@@ -333,7 +345,12 @@ class PredictConfig:
     # A folder (every image file under it) or a CSV with a `path` column (and an optional `subject` column).
     input: str | None = checked(None, TEXT)
     # The CSV written (path,probability_all,label[,subject]); null: predictions.csv in the job's output folder.
+    # Where subjects are known, <name>_subjects.csv beside it holds the subject-level diagnosis.
     output: str | None = checked(None, TEXT)
+    # Also write a Grad-CAM overlay per image, into <name>_gradcam/ beside the CSV.
+    explain: bool = False
+    # The threshold labels are decided by; null: the model's own (its training run's eval.threshold).
+    threshold: float | None = checked(None, FRACTION)
 
 
 @dataclass

@@ -180,7 +180,8 @@ def run_clis(commands: list[tuple[str, ...]], cwd: Path, timeout: int = 600) -> 
 
 
 # Small, fast settings shared by the end-to-end runs (32-px images, no progress bars).
-FAST = ("data=lab", "data.crop_size=36", "data.image_size=32", "data.batch_size=16", "trainer.progress=false")
+FAST = ("data=lab", "data.crop_size=36", "data.image_size=32", "data.batch_size=16", "trainer.progress=false",
+        "eval.bootstrap=200")  # fmt: skip
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:

@@ -48,12 +48,13 @@ def logged(tmp_path_factory):
     return network, uri, run.info.run_id
 
 
-def reference_probabilities(network: torch.nn.Module, images: list[Image.Image]) -> np.ndarray:
-    """torchvision's CenterCrop, Resize and Normalize, then the network and a softmax."""
+def reference_probabilities(network: torch.nn.Module, images: list[Image.Image], temperature=1.0) -> np.ndarray:
+    """torchvision's CenterCrop, Resize and Normalize, then the network, the temperature and a softmax."""
     steps = transforms.Compose([transforms.CenterCrop(SPEC.crop_size), transforms.Resize(SPEC.image_size),
                                 transforms.ToTensor(), transforms.Normalize(SPEC.mean, SPEC.std)])  # fmt: skip
     with torch.no_grad():
-        return network(torch.stack([steps(image.convert("RGB")) for image in images])).softmax(1)[:, 1].numpy()
+        logits = network(torch.stack([steps(image.convert("RGB")) for image in images]))
+    return (logits / temperature).softmax(1)[:, 1].numpy()
 
 
 def test_any_image_format_and_mode_gives_the_probability_an_independent_computation_gives(logged):
@@ -93,6 +94,21 @@ def test_the_model_records_its_preprocessing_signature_and_example(logged):
     folder = Path(mlflow.artifacts.download_artifacts(uri))
     assert json.loads((folder / "artifacts" / "preprocessing.json").read_text()) == asdict(SPEC)
     assert (folder / "code" / "leukemia" / "models.py").is_file()  # the model carries the code that built it
+
+
+def test_the_model_applies_its_temperature_and_threshold(logged, tmp_path):
+    network, _, _ = logged
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray(separable_cell(rng, 40, k % 2)) for k in range(8)]
+    frame = pd.DataFrame({"image": [base64.b64encode(file_bytes(image, "PNG")).decode() for image in images]})
+    spec = Preprocessing(**(asdict(SPEC) | {"temperature": 3.0, "threshold": 0.4}))
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("calibrated", str(tmp_path / "mlruns"))):
+        uri = log_cell_model(network.state_dict(), spec, file_bytes(images[0], "PNG"))
+    out = mlflow.pyfunc.load_model(uri).predict(frame)
+    expected = reference_probabilities(network, images, temperature=3.0)
+    np.testing.assert_allclose(out["probability_all"], expected, atol=1e-5)
+    assert list(out["label"]) == [int(p >= 0.4) for p in expected]
+    assert not np.allclose(expected, reference_probabilities(network, images))  # the temperature changed them
 
 
 def write_cells(folder, names):

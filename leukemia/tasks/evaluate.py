@@ -1,5 +1,6 @@
-"""task=eval, and the test evaluation that ends task=train: a Kaggle-style submission for the test split, and
-test metrics when the split is labelled.
+"""task=eval: the evaluation that ends task=train (leukemia.tasks.scoring), again, for a run's best weights or a
+state_dict file: calibration on the validation split, a Kaggle-style submission for the test split, and test
+metrics, intervals and figures when the split is labelled.
 
 ``python run.py task=eval run_id=<id>`` reads the run's own resolved config and best weights back from MLflow
 and logs into a new child run nested under it (the training run's own numbers stay as they were);
@@ -13,75 +14,23 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from leukemia.config import GROUPS, TTA, Config, check_config
-from leukemia.data.cache import cache_folder
-from leukemia.data.feed import Feed, build_feed
 from leukemia.data.layouts import load_splits
-from leukemia.data.manifest import CLASS_NAMES, Manifest
 from leukemia.errors import UserError
 from leukemia.models import build_model, load_trained, read_state_dict
-from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, override_key, sweep_job_number
-from leukemia.tracking.figures import confusion_matrix_figure
-from leukemia.tracking.runs import Run, tracked_run
+from leukemia.tasks.context import command_line_overrides, launch_context, override_key, sweep_job_number
+from leukemia.tasks.scoring import Evaluator
+from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import Store
-from leukemia.training.engine import predict
-from leukemia.training.metrics import classification_metrics, confusion_counts, confusion_matrix, roc_auc
 from leukemia.training.runtime import Acceleration, resolve_device
 
 log = logging.getLogger(__name__)
 
-SUBMISSION = "submission.csv"
-PREDICTIONS = "predictions.csv"
 # Keys the eval command sets for itself rather than taking from the evaluated run.
 EVAL_KEYS = ("task", "run_id", "weights", "eval", "tracking", "trainer.device", "trainer.progress", "hydra")
-
-
-def evaluation_feed(cfg: Config, manifest: Manifest, device: torch.device) -> Feed:
-    """In order, no augmentation, larger batches; never skips a file (every test row needs a prediction)."""
-    batch_size = cfg.data.batch_size * cfg.eval.batch_factor
-    cache = cache_folder(cfg.paths.cache_dir)
-    return build_feed(manifest, cfg.data, cfg.augmentation, train=False, device=device, seed=cfg.seed,
-                      cache_folder=cache, batch_size=batch_size, skip_bad=False)  # fmt: skip
-
-
-def evaluate_test(
-    model: nn.Module, cfg: Config, test: Manifest, device: torch.device, run: Run, acceleration: Acceleration
-) -> dict:
-    """Predict the test split; write and log ``submission.csv`` (``ID,label``: the test CSV's own IDs, same
-    rows, same order) and ``predictions.csv``; with labels, log and return the ``test_*`` metrics."""
-    flips = TTA(cfg.eval.tta) == TTA.flips
-    feed = evaluation_feed(cfg, test, device)
-    predictions = predict(model, feed.loader, device, flips, "test", cfg.trainer.progress, feed.prepare,
-                          **acceleration.step)  # fmt: skip
-    folder = output_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    submission = pd.DataFrame({"ID": test.identifiers(), "label": predictions.labels})
-    submission.to_csv(folder / SUBMISSION, index=False)
-    detail = submission.assign(**{f"probability_{name}": predictions.probabilities[:, k]
-                                  for k, name in enumerate(CLASS_NAMES)})  # fmt: skip
-    if test.labels is not None:
-        detail["true_label"] = test.labels
-    detail.to_csv(folder / PREDICTIONS, index=False)
-    for name in (SUBMISSION, PREDICTIONS):
-        run.log_artifact(folder / name)
-    log.info("submission: %d rows (%s) -> %s", len(submission), test.source, folder / SUBMISSION)
-    if test.labels is None:
-        log.info("the test split has no labels: predictions only")
-        return {}
-    matrix = confusion_matrix(predictions.targets, predictions.labels, len(CLASS_NAMES))
-    metrics = {f"test_{key}": value for key, value in classification_metrics(matrix, CLASS_NAMES).items()}
-    metrics["test_roc_auc"] = roc_auc(predictions.targets, predictions.probabilities[:, 1])
-    run.log_metrics(metrics)
-    title = f"{run.name}: test ({len(test)} images, tta={TTA(cfg.eval.tta).value})"
-    run.log_figure(confusion_matrix_figure(matrix, CLASS_NAMES, title), "figures/test_confusion_matrix.png")
-    run.log_dict(confusion_counts(matrix, CLASS_NAMES), "figures/test_confusion_matrix.json")
-    log.info("test: " + "  ".join(f"{key.removeprefix('test_')} {value:.4f}" for key, value in metrics.items()))
-    return metrics
 
 
 def config_of_run(merged: DictConfig, cfg: DictConfig) -> DictConfig:
@@ -144,7 +93,8 @@ def evaluate(composed: DictConfig) -> dict[str, float]:
     device = resolve_device(cfg.trainer.device, sweep_job_number())
     model = build_model(run_cfg.model.depth, run_cfg.model.num_classes)
     load_trained(model, source.state, source.label, run_cfg.model.name)
-    test = load_splits(run_cfg.data).test
+    splits = load_splits(run_cfg.data)
+    test = splits.test
     if test is None:
         raise UserError(
             f"data.root={run_cfg.data.root}: no test split found there; point data.root (or data.test_csv, "
@@ -159,8 +109,10 @@ def evaluate(composed: DictConfig) -> dict[str, float]:
     track = cfg.tracking
     with tracked_run(track, source.run_name, tags, source.parent) as run:
         log.info("evaluation run %s (%d test images): %s", run.id, len(test), run.link)
-        run.log_params({"eval.tta": TTA(cfg.eval.tta).value, "data.root": run_cfg.data.root, "test.source": test.source,
-                        "test.images": len(test), "weights": source.label})  # fmt: skip
+        run.log_params({"eval.tta": TTA(cfg.eval.tta).value, "eval.threshold": cfg.eval.threshold,
+                        "eval.bootstrap": cfg.eval.bootstrap, "data.root": run_cfg.data.root,
+                        "test.source": test.source, "test.images": len(test), "weights": source.label})  # fmt: skip
         acceleration = Acceleration.for_device(cfg.trainer, device)
         runnable = acceleration.model(model, device, compile_model=False)
-        return evaluate_test(runnable, run_cfg, test, device, run, acceleration)
+        evaluator = Evaluator(run_cfg, runnable, model, device, acceleration, run)
+        return evaluator.test(test, evaluator.calibrate(splits.valid))

@@ -3,7 +3,9 @@
 ``python run.py task=predict predict.model=models:/<name>@champion predict.input=<folder or CSV>
 predict.output=<file.csv>`` writes ``path,probability_all,label`` (and ``subject``, when the CSV has one) per
 image, in batches on the GPU when there is one, as one MLflow run of kind "predict". The model decodes and
-scores the images exactly as it does when served.
+scores the images exactly as it does when served (calibrated probabilities, its own threshold unless
+``predict.threshold`` is set). With subjects, ``<name>_subjects.csv`` beside the CSV diagnoses each subject;
+``predict.explain=true`` writes a Grad-CAM overlay per image into ``<name>_gradcam/``.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from tqdm import tqdm
 
 from leukemia.config import Config, OnBadImage
-from leukemia.data.decoding import decoding
+from leukemia.data.decoding import decoding, read_image
 from leukemia.data.loading import make_loader
 from leukemia.data.manifest import Manifest
 from leukemia.data.new_cells import read_new_cells
 from leukemia.errors import UserError
+from leukemia.evaluation.explain import grad_cam, overlay
+from leukemia.evaluation.subjects import subject_table
 from leukemia.tasks.context import launch_context, output_dir, sweep_job_number, sweep_run_id
-from leukemia.tracking.cell_model import CellModel, table
+from leukemia.tracking.cell_model import BATCH, CellModel, table
 from leukemia.tracking.registry import load
 from leukemia.tracking.runs import tracked_run
 from leukemia.training.runtime import resolve_device
@@ -34,7 +40,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.csv"
 
 
-def score(model: CellModel, cells: Manifest, cfg: Config) -> tuple[pd.DataFrame, list[str]]:
+def score(model: CellModel, cells: Manifest, cfg: Config, threshold: float) -> tuple[pd.DataFrame, list[str]]:
     """The model's output for each readable image (in order), and the unreadable ones left out under
     ``data.on_bad_image=skip`` (otherwise the first stops the run, named)."""
     skip = OnBadImage(cfg.data.on_bad_image) == OnBadImage.skip
@@ -46,13 +52,34 @@ def score(model: CellModel, cells: Manifest, cfg: Config) -> tuple[pd.DataFrame,
         skipped += batch.skipped
         if len(batch.labels):
             probabilities.append(model.probabilities(batch.images))
-    scored = table(np.concatenate(probabilities) if probabilities else np.empty((0, spec.num_classes)))
+    scored = table(np.concatenate(probabilities) if probabilities else np.empty((0, spec.num_classes)), threshold)
     kept = [i for i, path in enumerate(cells.paths) if not any(note.startswith(f"{path} (") for note in skipped)]
     names = cells.identifiers()
     rows = pd.concat([pd.DataFrame({"path": [names[i] for i in kept]}), scored], axis=1)
     if cells.subjects is not None:
         rows["subject"] = [cells.subjects[i] for i in kept]
     return rows, skipped
+
+
+def explain(model: CellModel, cells: Manifest, rows: pd.DataFrame, folder: Path) -> list[str]:
+    """One Grad-CAM overlay per scored image, for its label, as ``<folder>/<row>_<file stem>.png``; returns
+    their names in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, names = dict(zip(cells.identifiers(), cells.paths, strict=True)), []
+    for start in range(0, len(rows), BATCH):
+        chunk = rows.iloc[start : start + BATCH]
+        pixels = torch.stack([model.pixels(read_image(paths[name])) for name in chunk["path"]])
+        labels = torch.as_tensor(chunk["label"].to_numpy(), device=model.device)
+        heat = grad_cam(model.network, model.normalise(pixels.to(model.device)), labels)
+        for k, (name, image) in enumerate(zip(chunk["path"], pixels.permute(0, 2, 3, 1).numpy(), strict=True)):
+            names.append(f"{start + k:05d}_{Path(name).stem}.png")
+            Image.fromarray(overlay(image, heat[k])).save(folder / names[-1])
+    return names
+
+
+def beside(output: Path, suffix: str) -> Path:
+    """``<folder>/<stem><suffix>`` next to the predictions CSV."""
+    return output.with_name(output.stem + suffix)
 
 
 def _output(cfg: Config) -> Path:
@@ -62,6 +89,16 @@ def _output(cfg: Config) -> Path:
         raise UserError(f"predict.output={output}: is a folder; name the CSV file to write (e.g. {PREDICTIONS})")
     output.parent.mkdir(parents=True, exist_ok=True)
     return output
+
+
+def _diagnose(predictions: pd.DataFrame, threshold: float, path: Path) -> None:
+    """The subject table: per subject its cells, the fraction called ALL, the mean probability and the label."""
+    subjects = subject_table(predictions["probability_all"], predictions["subject"], threshold)
+    subjects.to_csv(path, index=False)
+    for row in subjects.itertuples():
+        called = ("normal", "ALL")[row.predicted_label]
+        log.info("subject %s: %d cells, %.0f%% called ALL, mean probability of ALL %.3f -> %s", row.subject,
+                 row.cells, 100 * row.fraction_all, row.mean_probability_all, called)  # fmt: skip
 
 
 def predict(composed: DictConfig) -> dict[str, float]:
@@ -82,11 +119,19 @@ def predict(composed: DictConfig) -> dict[str, float]:
                  model.device, run.link)  # fmt: skip
         run.log_params({"predict.model": cfg.predict.model, "predict.input": cfg.predict.input,
                         "predict.output": str(output), "model_uri": uri, "image_count": len(cells)})  # fmt: skip
+        threshold = model.spec.threshold if cfg.predict.threshold is None else cfg.predict.threshold
+        run.log_params({"threshold": threshold, "temperature": model.spec.temperature})
         started = time.perf_counter()
-        predictions, skipped = score(model, cells, cfg)
+        predictions, skipped = score(model, cells, cfg, threshold)
         rate = len(cells) / (time.perf_counter() - started)
+        if cfg.predict.explain:
+            predictions["gradcam"] = explain(model, cells, predictions, beside(output, "_gradcam"))
+            log.info("Grad-CAM overlays -> %s", beside(output, "_gradcam"))
         predictions.to_csv(output, index=False)
         run.log_artifact(output)
+        if "subject" in predictions:
+            _diagnose(predictions, threshold, beside(output, "_subjects.csv"))
+            run.log_artifact(beside(output, "_subjects.csv"))
         run.log_metrics({"images_scored": len(predictions), "images_skipped": len(skipped), "images_per_s": rate})
         if skipped:
             run.log_text("\n".join(skipped) + "\n", "data/skipped_images.txt")

@@ -44,7 +44,17 @@ SUMMARY_METRICS = (
     "test_balanced_accuracy",
     "test_f1_weighted",
     "test_roc_auc",
+    "test_subject_accuracy",
+    "test_subject_balanced_accuracy",
+    "test_ece",
+    "test_ece_calibrated",
+    "temperature",
+    "threshold",
 )
+# Test scores logged with bootstrap intervals (test_<score>_ci_low, _ci_high); the Markdown table shows each
+# as ``score [low, high]``, and whether each run's interval of the challenge metric overlaps the best run's.
+INTERVAL_METRICS = ("test_accuracy", "test_balanced_accuracy", "test_f1_weighted", "test_roc_auc")
+CHALLENGE = "test_f1_weighted"
 # Params that differ between runs without being hyper-parameters (or that follow from one, as the depth).
 NOT_HYPERPARAMETERS = ("dataset.", "paths.", "tracking.", "run_name", "run_id", "weights", "plot.", "task",
                        "model.depth", "data.test_csv", "data.test_labels_csv")  # fmt: skip
@@ -97,8 +107,29 @@ def summary_table(runs: list[RunRecord], varying: list[str], versions: list[Vers
         row |= {"registered": registered[run.id]} if versions else {}
         row |= {key: run.params.get(key, "") for key in columns}
         row |= {key: run.metrics[key] for key in SUMMARY_METRICS if key in run.metrics}
+        row |= {f"{key}_ci_{end}": run.metrics[f"{key}_ci_{end}"] for key in INTERVAL_METRICS
+                for end in ("low", "high") if f"{key}_ci_{end}" in run.metrics}  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """The summary with each interval beside its score (``0.9560 [0.9300, 0.9780]``) and, where the runs have
+    intervals of the challenge metric, whether each differs from the best run's beyond noise: ``best``, ``within
+    noise`` (the intervals overlap) or ``below``."""
+    shown = table.copy()
+    for key in INTERVAL_METRICS:
+        low, high = f"{key}_ci_low", f"{key}_ci_high"
+        if low in shown:
+            shown[key] = [f"{v:.4f} [{a:.4f}, {b:.4f}]" if not np.isnan(a) else f"{v:.4f}"
+                          for v, a, b in zip(table[key], table[low], table[high], strict=True)]  # fmt: skip
+            shown = shown.drop(columns=[low, high])
+    if f"{CHALLENGE}_ci_low" in table and table[CHALLENGE].notna().any():
+        best = table[CHALLENGE].idxmax()
+        floor = table.loc[best, f"{CHALLENGE}_ci_low"]
+        shown["f1_weighted vs best"] = ["best" if index == best else "within noise" if high >= floor else "below"
+                                        for index, high in table[f"{CHALLENGE}_ci_high"].items()]  # fmt: skip
+    return shown
 
 
 CV_METRICS = ("val_accuracy", "val_balanced_accuracy", "val_f1_weighted", "val_accuracy_normal", "val_accuracy_all",
@@ -179,7 +210,7 @@ def write_tables(
     """The summary table and, over fold runs, the cross-validation summary, as CSV and Markdown in ``folder``."""
     table = summary_table(runs, varying, versions)
     table.to_csv(folder / "summary.csv", index=False)
-    (folder / "summary.md").write_text(markdown(table))
+    (folder / "summary.md").write_text(markdown(with_intervals(table)))
     folds = cv_summary(runs, varying)
     if folds is not None:
         folds.to_csv(folder / "cv_summary.csv", index=False)
@@ -225,7 +256,7 @@ def plot(composed: DictConfig) -> dict[str, float]:
             report.log_figure(figure, f"report/{file_name}")
         for file_name in tables:
             report.log_artifact(folder / file_name, "report")
-        log.info("compared %d runs (%s):\n%s", len(runs), what, markdown(table))
+        log.info("compared %d runs (%s):\n%s", len(runs), what, markdown(with_intervals(table)))
         for champion in crowned:
             log.info("champion: %s", champion)
         if folds is not None:

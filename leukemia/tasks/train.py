@@ -16,16 +16,16 @@ from leukemia.data.layouts import load_splits
 from leukemia.data.loading import displayable, preview
 from leukemia.data.manifest import CLASS_NAMES, Manifest, Splits, summarize, summary_lines
 from leukemia.errors import UserError
+from leukemia.evaluation.metrics import confusion_counts
 from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, sweep_job_number, sweep_run_id
-from leukemia.tasks.evaluate import evaluate_test
 from leukemia.tasks.resume import CHECKPOINT_TAG, ResumePoint, log_unlogged_epochs, requeued_run, resume_point
+from leukemia.tasks.scoring import Calibration, Evaluator
 from leukemia.tracking.cell_model import MODEL_NAME, Preprocessing
 from leukemia.tracking.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
 from leukemia.tracking.registry import register
 from leukemia.tracking.runs import Run, flatten, tracked_run
 from leukemia.training.checkpoint import CHECKPOINT_NAME, claimed
 from leukemia.training.loop import BestEpoch, Progress, Trainer
-from leukemia.training.metrics import confusion_counts
 from leukemia.training.runtime import resolve_device, seed_everything
 from leukemia.training.stopping import Stopped, StopRequest
 
@@ -71,11 +71,12 @@ def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, li
     run.log_state_dict(best.state, "weights/best.pt")
 
 
-def log_model(run: Run, cfg: Config, best: BestEpoch, example: Manifest) -> None:
-    """The best epoch as the run's MLflow Model, with a decoded image of ``example`` as its input example; with
-    ``registry.name``, registered as a new version of that model."""
+def log_model(run: Run, cfg: Config, best: BestEpoch, example: Manifest, calibration: Calibration) -> None:
+    """The best epoch as the run's MLflow Model, with its temperature and threshold and a decoded image of
+    ``example`` as its input example; with ``registry.name``, registered as a new version of that model."""
     data = cfg.data
-    spec = Preprocessing(cfg.model.depth, cfg.model.num_classes, data.crop_size, data.image_size, data.mean, data.std)
+    spec = Preprocessing(cfg.model.depth, cfg.model.num_classes, data.crop_size, data.image_size, data.mean, data.std,
+                         calibration.temperature, calibration.threshold)  # fmt: skip
     pixels = preview(example, data.crop_size, data.image_size, count=2).images  # one of each class, readable
     model_uri = run.log_model(best.state, spec, png(pixels[0]))
     if cfg.registry.name:
@@ -112,19 +113,21 @@ def _say_how_to_continue(stop: KeyboardInterrupt, run: Run, progress: Progress, 
 
 
 def _finish(run: Run, trainer: Trainer, progress: Progress, splits: Splits, stop: StopRequest) -> float:
-    """The best epoch's record and model, its test evaluation (which a stop may end: a resume then does it
-    again), the skipped files, the run's description; returns the monitored value."""
+    """The best epoch's record, its calibration on validation and model, its test evaluation (which a stop may
+    end: a resume then does it again), the skipped files, the run's description; returns the monitored value."""
     best = progress.best
     if best.state is None:
         raise UserError("no epoch gave a finite validation score; check trainer.epochs and the valid split")
     _log_outcome(run, run.name, best, progress.history)
-    log_model(run, trainer.cfg, best, splits.train)
+    trainer.model.load_state_dict(best.state)
+    evaluator = Evaluator(trainer.cfg, trainer.runnable, trainer.model, trainer.device, trainer.acceleration, run)
+    with stop.interruptible():
+        calibration = evaluator.calibrate(splits.valid)
+    log_model(run, trainer.cfg, best, splits.train, calibration)
     tested = {}
     if splits.test is not None:
-        trainer.model.load_state_dict(best.state)
         with stop.interruptible():
-            tested = evaluate_test(trainer.runnable, trainer.cfg, splits.test, trainer.device, run,
-                                   trainer.acceleration)  # fmt: skip
+            tested = evaluator.test(splits.test, calibration)
     if progress.skipped.seen:
         run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
     run.set_description(description(run, trainer.cfg, best, tested))

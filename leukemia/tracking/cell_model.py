@@ -4,7 +4,8 @@ epoch's weights) and the code that trained it, so that a plain Python session, `
 ``task=predict`` use it without Hydra, the project's config or the training data.
 
 Input: a DataFrame with a column ``image`` of base64-encoded image files (any format and mode PIL reads).
-Output: a DataFrame with ``probability_all`` (class 1) and ``label`` (0 normal, 1 ALL) per row.
+Output: a DataFrame with ``probability_all`` (class 1, calibrated by the training run's temperature) and
+``label`` (0 normal, 1 ALL: the probability at or above the training run's threshold) per row.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Preprocessing:
     image_size: int
     mean: list[float]
     std: list[float]
+    # Fixed on the training run's validation split: the logits are divided by the temperature (calibrated
+    # probabilities), and a cell is labelled ALL when its probability of ALL is at least the threshold.
+    temperature: float = 1.0
+    threshold: float = 0.5
 
 
 def encode(image_file: bytes) -> str:
@@ -82,9 +87,9 @@ class CellModel(mlflow.pyfunc.PythonModel):
 
     @torch.inference_mode()
     def probabilities(self, pixels: torch.Tensor) -> np.ndarray:
-        """Each uint8 image's class probabilities, (N, classes)."""
+        """Each uint8 image's calibrated class probabilities, (N, classes)."""
         inputs = self.normalise(pixels.to(self.device, non_blocking=True))
-        return self.network(inputs).float().softmax(dim=1).cpu().numpy()
+        return (self.network(inputs).float() / self.spec.temperature).softmax(dim=1).cpu().numpy()
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params=None
@@ -92,14 +97,14 @@ class CellModel(mlflow.pyfunc.PythonModel):
         """``probability_all`` and ``label`` per row of base64-encoded image files."""
         images = [self.pixels(_decoded(row, value)) for row, value in enumerate(model_input[INPUT_COLUMN])]
         batches = [self.probabilities(torch.stack(images[i : i + BATCH])) for i in range(0, len(images), BATCH)]
-        return table(np.concatenate(batches) if batches else np.empty((0, self.spec.num_classes)))
+        probabilities = np.concatenate(batches) if batches else np.empty((0, self.spec.num_classes))
+        return table(probabilities, self.spec.threshold)
 
 
-def table(probabilities: np.ndarray) -> pd.DataFrame:
-    """The model's output columns for (N, classes) probabilities: class 1's, and the likelier class."""
-    return pd.DataFrame(
-        {PROBABILITY: probabilities[:, 1].astype(np.float64), LABEL: probabilities.argmax(axis=1).astype(np.int64)}
-    )
+def table(probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
+    """The model's output columns for (N, classes) probabilities: class 1's, and the label at ``threshold``."""
+    probability = probabilities[:, 1].astype(np.float64)
+    return pd.DataFrame({PROBABILITY: probability, LABEL: (probability >= threshold).astype(np.int64)})
 
 
 def _decoded(row: int, value: object) -> PIL.Image.Image:

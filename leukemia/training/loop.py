@@ -18,10 +18,10 @@ from leukemia.data.feed import Feed, build_feed
 from leukemia.data.loading import class_weights
 from leukemia.data.manifest import CLASS_NAMES, Splits
 from leukemia.errors import UserError
+from leukemia.evaluation.metrics import classification_metrics, confusion_matrix
 from leukemia.models import build_model
 from leukemia.training.checkpoint import random_states, restore_random_states, save_checkpoint
 from leukemia.training.engine import NonFiniteLoss, run_epoch
-from leukemia.training.metrics import classification_metrics, confusion_matrix
 from leukemia.training.optim import build_optimizer, build_scheduler
 from leukemia.training.runtime import Acceleration
 from leukemia.training.stopping import StopRequest

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from leukemia.training.metrics import classification_metrics, confusion_matrix, roc_auc
+from leukemia.evaluation.metrics import classification_metrics, confusion_matrix, roc_auc
 
 
 def test_confusion_matrix_rows_are_true_classes():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 
 def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -45,17 +46,8 @@ def classification_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> di
 
 
 def roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` (higher = class 1) against 0/1 ``targets``: the chance that a
-    random class-1 image scores above a random class-0 one (ties count half). NaN when a class is absent."""
-    targets = np.asarray(targets)
-    positives, negatives = int((targets == 1).sum()), int((targets == 0).sum())
-    if not positives or not negatives:
+    """scikit-learn's area under the ROC curve of ``scores`` (higher = class 1) against 0/1 ``targets``; NaN
+    when a class is absent (a bootstrap draw, a one-class split)."""
+    if len(np.unique(targets)) < 2:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = np.asarray(scores)[order]
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(sorted_scores):  # average the ranks of tied scores
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
-    return float((ranks[targets == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    return float(roc_auc_score(targets, scores))

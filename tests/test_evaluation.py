@@ -1,0 +1,285 @@
+"""The evaluation's numbers against hand-worked examples and independent computations (scikit-learn, torch)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+from leukemia.data.manifest import Manifest
+from leukemia.errors import UserError
+from leukemia.evaluation.bootstrap import CELLS, SUBJECTS, bootstrap_intervals, scores
+from leukemia.evaluation.calibration import (
+    brier,
+    calibrated,
+    expected_calibration_error,
+    fit_temperature,
+    reliability,
+)
+from leukemia.evaluation.decision import balanced_threshold, labels_at, operating_threshold
+from leukemia.evaluation.explain import grad_cam, overlay, showcase
+from leukemia.evaluation.subjects import subject_metrics, subject_table
+from leukemia.models import build_model
+
+
+def two_class(probability_all):
+    probability_all = np.asarray(probability_all, dtype=np.float64)
+    return np.stack([1 - probability_all, probability_all], axis=1)
+
+
+# Subjects
+
+
+def toy_manifest() -> Manifest:
+    """Six cells of three subjects: A (ALL, 3 cells), B (normal, 2), C (ALL, 1)."""
+    paths = [Path(f"/cells/{name}.bmp") for name in "abcdef"]
+    return Manifest("test", paths, [1, 1, 1, 0, 0, 1], ["A", "A", "A", "B", "B", "C"], "toy")
+
+
+def test_subject_table_aggregates_cells_as_worked_by_hand():
+    manifest = toy_manifest()
+    probability = np.array([0.9, 0.8, 0.3, 0.2, 0.6, 0.4])
+    table = subject_table(probability, manifest.subjects, 0.5, np.asarray(manifest.labels))
+    assert table["subject"].tolist() == ["A", "B", "C"]
+    assert table["cells"].tolist() == [3, 2, 1]
+    assert table["fraction_all"].tolist() == pytest.approx([2 / 3, 1 / 2, 0])
+    assert table["mean_probability_all"].tolist() == pytest.approx([2 / 3, 0.4, 0.4])
+    assert table["predicted_label"].tolist() == [1, 0, 0]
+    assert table["true_label"].tolist() == [1, 0, 1]
+    metrics = subject_metrics(table)
+    assert metrics["subject_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["subject_balanced_accuracy"] == pytest.approx((1 / 1 + 1 / 2) / 2)
+    # A (0.667) above B (0.4): 1; C (0.4) tied with B: 1/2; AUC = 0.75.
+    assert metrics["subject_roc_auc"] == pytest.approx(0.75)
+    assert metrics["subjects"] == 3
+
+
+def test_subject_labels_follow_the_threshold_on_the_mean():
+    table = subject_table(np.array([0.9, 0.8, 0.3, 0.2, 0.6, 0.4]), toy_manifest().subjects, 0.65)
+    assert table["predicted_label"].tolist() == [1, 0, 0]  # A's mean 0.667 >= 0.65
+    assert "true_label" not in table
+    table = subject_table(np.array([0.9, 0.8, 0.3, 0.2, 0.6, 0.4]), toy_manifest().subjects, 0.7)
+    assert table["predicted_label"].tolist() == [0, 0, 0]
+    assert table["fraction_all"].tolist() == pytest.approx([2 / 3, 0, 0])
+
+
+def test_subject_metrics_match_scikit_learn_on_random_subjects():
+    rng = np.random.default_rng(3)
+    subjects = rng.choice([f"s{k}" for k in range(12)], 300)
+    truth_of = {f"s{k}": k % 2 for k in range(12)}
+    targets = np.array([truth_of[s] for s in subjects])
+    probability = np.clip(0.3 * targets + rng.random(300) * 0.7, 0, 1)
+    table = subject_table(probability, subjects, 0.5, targets)
+    means = {s: probability[subjects == s].mean() for s in sorted(truth_of)}
+    truth = [truth_of[s] for s in sorted(truth_of)]
+    predicted = [int(means[s] >= 0.5) for s in sorted(truth_of)]
+    metrics = subject_metrics(table)
+    assert metrics["subject_accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert metrics["subject_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, predicted))
+    assert metrics["subject_roc_auc"] == pytest.approx(roc_auc_score(truth, [means[s] for s in sorted(truth_of)]))
+
+
+# Calibration
+
+
+def test_ece_on_known_probabilities_as_worked_by_hand():
+    # Confidences 0.95 (right), 0.95 (wrong), 0.55 (right), 0.65 (right) fall in bins 14, 14, 8 and 9 of 15:
+    # ECE = 2/4 |0.5 - 0.95| + 1/4 |1 - 0.55| + 1/4 |1 - 0.65| = 0.425.
+    probabilities = two_class([0.95, 0.05, 0.55, 0.35])
+    targets = np.array([1, 1, 1, 0])
+    assert expected_calibration_error(probabilities, targets) == pytest.approx(0.425)
+    bins = reliability(probabilities, targets)
+    assert bins.counts[[8, 9, 14]].tolist() == [1, 1, 2] and bins.counts.sum() == 4
+    assert expected_calibration_error(two_class([1.0, 0.0]), np.array([1, 0])) == 0.0
+
+
+def test_reliability_bins_match_scikit_learns_calibration_curve():
+    rng = np.random.default_rng(0)
+    probability = rng.random(2000)
+    targets = (rng.random(2000) < probability**2).astype(int)
+    probabilities = two_class(probability)
+    bins = reliability(probabilities, targets)
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == targets).astype(int)
+    accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=15, strategy="uniform")
+    filled = bins.counts > 0
+    assert bins.accuracy[filled] == pytest.approx(accuracy)
+    assert bins.confidence[filled] == pytest.approx(mean_confidence)
+
+
+def test_brier_is_the_mean_squared_error_of_the_probability_of_all():
+    probability, targets = np.array([0.9, 0.2, 0.6, 0.5]), np.array([1, 0, 0, 1])
+    expected = np.mean((probability - targets) ** 2)
+    assert brier(two_class(probability), targets) == pytest.approx(expected)
+
+
+def test_calibrated_probabilities_are_the_softmax_of_the_scaled_logits():
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-4.0, 5.0]])
+    probabilities = logits.softmax(dim=1).numpy().astype(np.float64)
+    for temperature in (0.5, 1.0, 3.0):
+        expected = (logits / temperature).softmax(dim=1).numpy()
+        assert calibrated(probabilities, temperature) == pytest.approx(expected, abs=1e-6)
+
+
+def overconfident(count: int, seed: int, sharpness: float = 4.0):
+    """A model whose logits are ``sharpness`` times those of a calibrated one: labels drawn from the calibrated
+    probabilities, probabilities reported from the sharpened logits."""
+    rng = np.random.default_rng(seed)
+    margin = rng.normal(0, 1.5, count)
+    targets = (rng.random(count) < 1 / (1 + np.exp(-margin))).astype(int)
+    return two_class(1 / (1 + np.exp(-sharpness * margin))), targets
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
+    validation, validation_targets = overconfident(4000, seed=1)
+    test, test_targets = overconfident(4000, seed=2)
+    temperature = fit_temperature(validation, validation_targets)
+    assert temperature == pytest.approx(4.0, rel=0.15)
+    before = expected_calibration_error(test, test_targets)
+    after = expected_calibration_error(calibrated(test, temperature), test_targets)
+    assert before > 0.1 and after < before / 3
+    assert brier(calibrated(test, temperature), test_targets) < brier(test, test_targets)
+    # Dividing the logits keeps their sign: the labels at 0.5 stay as they were.
+    assert (calibrated(test, temperature).argmax(axis=1) == test.argmax(axis=1)).all()
+
+
+# The operating point
+
+
+def test_labels_at_call_a_cell_all_from_the_threshold_up():
+    assert labels_at(np.array([0.2, 0.5, 0.49, 0.9]), 0.5).tolist() == [0, 1, 0, 1]
+    assert labels_at(np.array([0.2, 0.5, 0.49, 0.9]), 0.3).tolist() == [0, 1, 1, 1]
+
+
+def test_the_balanced_threshold_maximises_balanced_accuracy_over_every_candidate():
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        targets = rng.integers(0, 2, 80)
+        probability = np.round(np.clip(0.25 * targets + rng.random(80) * 0.75, 0, 1), 2)  # with ties
+        threshold = balanced_threshold(probability, targets)
+        best = max(balanced_accuracy_score(targets, labels_at(probability, t)) for t in np.unique(probability))
+        assert balanced_accuracy_score(targets, labels_at(probability, threshold)) == pytest.approx(best)
+        assert threshold in probability
+
+
+def test_a_skewed_model_gets_a_threshold_below_one_half():
+    # Every normal cell below 0.2, every ALL cell between 0.25 and 0.45: 0.5 calls all of them normal.
+    probability = np.array([0.05, 0.1, 0.15, 0.25, 0.3, 0.45])
+    targets = np.array([0, 0, 0, 1, 1, 1])
+    assert balanced_threshold(probability, targets) == 0.25
+    assert operating_threshold("balanced", probability, targets) == 0.25
+    assert operating_threshold("0.7", probability, targets) == 0.7
+    with pytest.raises(UserError, match="eval.threshold=balanced"):
+        balanced_threshold(probability, np.ones(6, dtype=int))
+
+
+# Bootstrap intervals
+
+
+def sample(count: int, seed: int, subjects: int = 0):
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 2, count)
+    probability = np.clip(0.35 * targets + rng.random(count) * 0.65, 0, 1)
+    names = [f"{t}-{k % subjects}" for k, t in enumerate(targets)] if subjects else None
+    return targets, probability, names
+
+
+def test_the_point_scores_are_scikit_learns():
+    targets, probability, _ = sample(300, 0)
+    labels = labels_at(probability, 0.5)
+    found = scores(targets, probability, 0.5)
+    assert found["accuracy"] == pytest.approx(accuracy_score(targets, labels))
+    assert found["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(targets, labels))
+    assert found["f1_weighted"] == pytest.approx(f1_score(targets, labels, average="weighted"))
+    assert found["roc_auc"] == pytest.approx(roc_auc_score(targets, probability))
+
+
+def test_intervals_contain_the_point_estimate_and_narrow_with_more_data():
+    widths = []
+    for count in (100, 2500):
+        targets, probability, _ = sample(count, 1)
+        found = bootstrap_intervals(targets, probability, 0.5, resamples=400, seed=0)
+        assert found.method == CELLS
+        point = scores(targets, probability, 0.5)
+        for key, (low, high) in found.bounds.items():
+            assert low <= point[key] <= high, key
+        widths.append({key: high - low for key, (low, high) in found.bounds.items()})
+    for key in widths[0]:
+        assert widths[1][key] < widths[0][key] / 2.5, key  # about 1/sqrt(25) as wide
+
+
+def test_the_bootstrap_is_seeded():
+    targets, probability, _ = sample(200, 2)
+    first = bootstrap_intervals(targets, probability, 0.5, resamples=100, seed=7)
+    assert bootstrap_intervals(targets, probability, 0.5, resamples=100, seed=7) == first
+    assert bootstrap_intervals(targets, probability, 0.5, resamples=100, seed=8) != first
+
+
+def test_known_subjects_are_resampled_whole_and_widen_the_interval_when_they_differ():
+    # Four subjects per class, each with its own shift: cells of a subject move together.
+    rng = np.random.default_rng(4)
+    names = np.repeat([f"s{k}" for k in range(8)], 100)
+    targets = np.repeat([0, 1] * 4, 100)
+    shift = np.repeat(rng.normal(0, 0.25, 8), 100)
+    probability = np.clip(0.3 + 0.35 * targets + shift + rng.normal(0, 0.1, 800), 0, 1)
+    by_subject = bootstrap_intervals(targets, probability, 0.5, list(names), resamples=300, seed=0)
+    by_cell = bootstrap_intervals(targets, probability, 0.5, None, resamples=300, seed=0)
+    assert by_subject.method == SUBJECTS and by_cell.method == CELLS
+    width = {name: found.bounds["accuracy"][1] - found.bounds["accuracy"][0] for name, found in
+             (("subjects", by_subject), ("cells", by_cell))}  # fmt: skip
+    assert width["subjects"] > 2 * width["cells"]
+
+
+def test_one_subject_in_a_class_falls_back_to_cells():
+    targets, probability, _ = sample(60, 3)
+    names = ["only" if t == 0 else f"s{k % 3}" for k, t in enumerate(targets)]
+    assert bootstrap_intervals(targets, probability, 0.5, names, resamples=50).method == CELLS
+
+
+# Grad-CAM
+
+
+def hand_grad_cam(network, inputs, classes):
+    """Grad-CAM by hand: the gradient of each class score with respect to layer4's last block, averaged over
+    the map, weights that block's activations; ReLU, bilinear upsampling, scaled by the max."""
+    kept = {}
+    handle = network.layer4[-1].register_forward_hook(lambda module, args, output: kept.update(a=output))
+    network.eval()
+    logits = network(inputs)
+    handle.remove()
+    activations = kept["a"]
+    gradients = torch.autograd.grad(logits[torch.arange(len(classes)), classes].sum(), activations)[0]
+    cam = torch.relu((gradients.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+    cam = cam.squeeze(1).detach().numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+
+
+def test_grad_cam_matches_a_hand_computation():
+    torch.manual_seed(0)
+    network = build_model(18, 2)
+    inputs = torch.randn(3, 3, 64, 64)
+    classes = torch.tensor([0, 1, 1])
+    heat = grad_cam(network, inputs, classes)
+    assert heat.shape == (3, 64, 64)
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    assert heat == pytest.approx(hand_grad_cam(network, inputs, classes), abs=1e-4)
+
+
+def test_overlay_blends_the_heat_map_over_the_image():
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    blended = overlay(image, np.ones((8, 8)), alpha=0.5)
+    assert blended.shape == (8, 8, 3) and blended.dtype == np.uint8
+    assert (blended[..., 0] > 40).all() and (blended[..., 2] < 10).all()  # jet's hot end is red
+    assert (overlay(image, np.zeros((8, 8)), alpha=0.0) == 0).all()
+
+
+def test_showcase_picks_the_most_confident_correct_and_wrong_cell_of_each_class():
+    probability = np.array([0.1, 0.3, 0.8, 0.95, 0.6, 0.2])
+    targets = np.array([0, 0, 0, 1, 1, 1])
+    chosen = showcase(probability, targets, labels_at(probability, 0.5))
+    assert chosen == {(0, "correct"): 0, (0, "wrong"): 2, (1, "correct"): 3, (1, "wrong"): 5}
+    assert (1, "wrong") not in showcase(probability[:5], targets[:5], labels_at(probability[:5], 0.5))
