@@ -1,10 +1,12 @@
 """Evaluation and reports end to end: the submission a training run writes, task=eval by run id or weights
 file, task=plot over a sweep; through the real CLI and a real sqlite MLflow store."""
 
+import json
 import shutil
 import signal
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -63,17 +65,43 @@ def test_training_ends_with_a_submission_in_the_test_csv_order(trained, tmp_path
     assert not any(key.startswith("test_") for key in run.data.metrics)  # no labels: predictions only
 
 
-def predict_directly(weights, root, flips=False):
-    """Probabilities of class 1 for the test images, computed here from the weights file alone."""
+def predict_directly(weights, root, flips=False, csv="resnet_18_test.csv", both=False):
+    """Probabilities of class 1 (``both``: of both classes) for the images of a CSV, computed here from the
+    weights file alone."""
     model = build_model(18, 2)
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     transform = preprocessing(36, 32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    paths = pd.read_csv(root / "resnet_18_test.csv").Path
+    paths = pd.read_csv(root / csv).Path
     images = torch.stack([transform(Image.open(root / path).convert("RGB")) for path in paths])
     views = [images, images.flip(-1), images.flip(-2), images.flip(-2, -1)] if flips else [images]
     with torch.no_grad():
-        return torch.stack([model(view).softmax(dim=1) for view in views]).mean(dim=0)[:, 1].numpy()
+        probabilities = torch.stack([model(view).softmax(dim=1) for view in views]).mean(dim=0)
+    return probabilities.numpy() if both else probabilities[:, 1].numpy()
+
+
+def scaled(probabilities, temperature):
+    """Softmax of the log-probabilities divided by the temperature, in torch."""
+    return torch.softmax(torch.log(torch.as_tensor(probabilities, dtype=torch.float64)) / temperature, dim=1).numpy()
+
+
+def nll(probabilities, targets, temperature):
+    return float(torch.nn.functional.nll_loss(torch.log(torch.as_tensor(scaled(probabilities, temperature))),
+                                              torch.as_tensor(targets)))  # fmt: skip
+
+
+def ece_directly(probabilities, targets):
+    """Guo et al.'s ECE with 15 equal-width bins of top-class confidence, as a plain loop."""
+    total = 0.0
+    for k in range(15):
+        inside = [
+            i for i, p in enumerate(probabilities) if k / 15 <= p.max() < (k + 1) / 15 or (k == 14 and p.max() == 1)
+        ]
+        if inside:
+            confidence = np.mean([probabilities[i].max() for i in inside])
+            accuracy = np.mean([probabilities[i].argmax() == targets[i] for i in inside])
+            total += len(inside) / len(probabilities) * abs(accuracy - confidence)
+    return total
 
 
 @pytest.mark.parametrize("tta", ["none", "flips"])
@@ -87,10 +115,24 @@ def test_eval_by_run_id_logs_a_child_run_whose_metrics_match_a_direct_computatio
     assert child.info.status == "FINISHED" and child.info.run_name == f"{run.info.run_name}-eval"
     assert child.data.tags["mlflow.parentRunId"] == run.info.run_id
     weights = client.download_artifacts(run.info.run_id, "weights/best.pt", str(tmp_path))
-    probability = predict_directly(weights, root, flips=tta == "flips")
+    raw = predict_directly(weights, root, flips=tta == "flips", both=True)
     truth = np.array([index % 2 for index in range(12)])
-    predicted = (probability > 0.5).astype(int)
     metrics = child.data.metrics
+    # The temperature fitted on validation is the best one of a fine grid; labels at 0.5 are the uncalibrated ones.
+    valid = pd.read_csv(root / "valid.csv")
+    valid_raw = predict_directly(weights, root, flips=tta == "flips", csv="valid.csv", both=True)
+    grid = min(nll(valid_raw, valid.label, t) for t in np.exp(np.linspace(np.log(0.05), np.log(20), 2001)))
+    assert nll(valid_raw, valid.label, metrics["temperature"]) <= grid + 1e-6
+    probability = scaled(raw, metrics["temperature"])[:, 1]
+    predicted = (probability >= 0.5).astype(int)
+    assert metrics["threshold"] == 0.5 and predicted.tolist() == (raw[:, 1] >= 0.5).astype(int).tolist()
+    assert metrics["test_ece"] == pytest.approx(ece_directly(raw, truth), abs=1e-6)
+    assert metrics["test_ece_calibrated"] == pytest.approx(ece_directly(scaled(raw, metrics["temperature"]), truth),
+                                                           abs=1e-6)  # fmt: skip
+    assert metrics["test_brier"] == pytest.approx(reference.brier_score_loss(truth, raw[:, 1]), abs=1e-6)
+    for key in ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc"):
+        assert metrics[f"test_{key}_ci_low"] <= metrics[f"test_{key}"] <= metrics[f"test_{key}_ci_high"]
+    assert child.data.tags["test_ci"] == "95% bootstrap, 1000 draws of cells"  # this layout names no subjects
     assert metrics["test_accuracy"] == pytest.approx(reference.accuracy_score(truth, predicted))
     assert metrics["test_balanced_accuracy"] == pytest.approx(reference.balanced_accuracy_score(truth, predicted))
     assert metrics["test_f1_weighted"] == pytest.approx(reference.f1_score(truth, predicted, average="weighted"))
@@ -102,7 +144,8 @@ def test_eval_by_run_id_logs_a_child_run_whose_metrics_match_a_direct_computatio
     details = csv_artifact(client, child, "predictions.csv", tmp_path)
     assert np.allclose(details.probability_all, probability, atol=1e-5)
     listed = {item.path for item in client.list_artifacts(child.info.run_id, "figures")}
-    assert "figures/test_confusion_matrix.png" in listed
+    figures = ("test_confusion_matrix", "test_roc", "test_pr", "test_reliability", "val_reliability", "gradcam")
+    assert {f"figures/{name}.png" for name in figures} <= listed
     assert client.get_run(run.info.run_id).info.status == "FINISHED"  # the training run is left as it was
 
 
@@ -114,7 +157,7 @@ def test_eval_of_a_weights_file_uses_the_command_line_config(trained, tmp_path):
     (evaluation,) = [r for r in runs_by_kind(folder, "eval") if r.info.run_name == "eval-best"]
     assert "mlflow.parentRunId" not in evaluation.data.tags
     written = pd.read_csv(output_dir_of(evaluation) / "submission.csv")
-    assert written.label.tolist() == (predict_directly(weights, root) > 0.5).astype(int).tolist()
+    assert written.label.tolist() == (predict_directly(weights, root) >= 0.5).astype(int).tolist()
 
 
 def last_line(result):
@@ -156,6 +199,43 @@ def test_a_run_without_weights_is_named(tmp_path):
     result = run_cli("task=eval", f"run_id={failed.info.run_id}", cwd=tmp_path)
     assert result.returncode == 1
     assert f"run {failed.info.run_id} (crashed, FAILED) has no weights/best.pt" in last_line(result)
+
+
+def test_a_demo_run_diagnoses_subjects_at_a_balanced_threshold_with_subject_intervals(tmp_path):
+    demo = ("data=demo", "data.subjects_all=10", "data.subjects_normal=10", "data.images_per_subject=8",
+            "data.image_size=32", f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    result = run_cli(*demo, "trainer.epochs=2", "trainer.progress=false", "eval.threshold=balanced",
+                     "eval.bootstrap=200", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs_by_kind(tmp_path, "train")
+    client, metrics = client_for(tmp_path), run.data.metrics
+    assert run.data.params["eval.threshold"] == "balanced" and 0 < metrics["threshold"] < 1
+    cells = csv_artifact(client, run, "predictions.csv", tmp_path)
+    assert cells.label.tolist() == (cells.probability_all >= metrics["threshold"]).astype(int).tolist()
+    truth = pd.read_csv(next((tmp_path / "cache").glob("demo-v1/*/test_labels.csv")))
+    cells["subject"] = truth.subject.astype(str).tolist()
+    expected = cells.groupby("subject").agg(cells=("label", "size"), fraction_all=("label", "mean"),
+                                            mean_probability_all=("probability_all", "mean"))  # fmt: skip
+    subjects = csv_artifact(client, run, "subjects.csv", tmp_path).astype({"subject": str}).set_index("subject")
+    assert subjects.index.tolist() == sorted(truth.subject.astype(str).unique()) and len(subjects) == 4
+    assert subjects.cells.tolist() == expected.cells.tolist()
+    assert subjects.fraction_all.tolist() == pytest.approx(expected.fraction_all.tolist())
+    assert subjects.mean_probability_all.tolist() == pytest.approx(expected.mean_probability_all.tolist())
+    called = (expected.mean_probability_all >= metrics["threshold"]).astype(int)
+    assert subjects.predicted_label.tolist() == called.tolist()
+    true_of = truth.groupby(truth.subject.astype(str)).label.first()
+    assert metrics["test_subject_accuracy"] == pytest.approx(reference.accuracy_score(true_of, called))
+    assert metrics["test_subject_balanced_accuracy"] == pytest.approx(
+        reference.balanced_accuracy_score(true_of, called)
+    )
+    assert metrics["val_subjects"] == 4 and "val_subject_accuracy" in metrics
+    assert run.data.tags["test_ci"] == "95% bootstrap, 200 draws of subjects"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "m")))
+    spec = json.loads((model / "artifacts" / "preprocessing.json").read_text())
+    assert spec["temperature"] == pytest.approx(metrics["temperature"]) and spec["threshold"] == metrics["threshold"]
+    gradcam = Image.open(client.download_artifacts(run.info.run_id, "figures/gradcam.png", str(tmp_path)))
+    assert gradcam.size == (1000, 560)  # two classes, four panels each
 
 
 def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_report_run(tiny_lab, tmp_path):

@@ -130,26 +130,42 @@ def _finish(run: Run, trainer: Trainer, progress: Progress, splits: Splits, stop
             tested = evaluator.test(splits.test, calibration)
     if progress.skipped.seen:
         run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
-    run.set_description(description(run, trainer.cfg, best, tested))
+    run.set_description(description(run, trainer.cfg, best, tested, calibration))
     log.info("best epoch %d: %s %.4f; %s", best.epoch, best.monitor.value, best.value, run.where_to_look)
     return best.value
 
 
-def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float]) -> str:
-    """The run page's Description: what was trained, the best epoch's validation and the test scores, where
-    the model and the figures are."""
-    scores = ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc")
-    valid = ", ".join(f"{key} {best.metrics[f'val_{key}']:.4f}" for key in scores if f"val_{key}" in best.metrics)
-    test = ", ".join(f"{key} {tested[f'test_{key}']:.4f}" for key in scores if f"test_{key}" in tested)
-    figures = ("confusion_matrix", "learning_curves", "train_samples") + (("test_confusion_matrix",) if tested else ())
+def _scores(metrics: dict[str, float], prefix: str) -> str:
+    """``accuracy 0.9560 [0.9300, 0.9780], …``: a split's main scores, with their intervals where logged."""
+    shown = []
+    for key in (f"{prefix}{name}" for name in ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc")):
+        if key in metrics:
+            low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+            interval = "" if low is None else f" [{low:.4f}, {high:.4f}]"
+            shown.append(f"{key.removeprefix(prefix)} {metrics[key]:.4f}{interval}")
+    return ", ".join(shown)
+
+
+def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float], calibration: Calibration) -> str:
+    """The run page's Description: what was trained, the best epoch's validation and the test scores (with
+    intervals, per subject, calibration), where the model and the figures are."""
+    figures = ("confusion_matrix", "learning_curves", "train_samples", "val_reliability")
+    figures += ("test_confusion_matrix", "test_roc", "test_pr", "test_reliability", "gradcam") if tested else ()
     links = ", ".join(f"[{name.replace('_', ' ')}]({run.artifact_link(f'figures/{name}.png')})" for name in figures)
+    subjects = tested.get("test_subjects")
     return "\n".join([
         f"**{cfg.model.name}** on **{cfg.data.name}** ({cfg.data.root}), {cfg.optim.name} lr {cfg.optim.lr:g}, "
         f"{cfg.trainer.epochs} epochs",
         "",
         f"- best epoch: {best.epoch}, by {best.monitor.value} {best.value:.4f}",
-        f"- validation (best epoch): {valid}",
-        f"- test: {test or 'no labelled test split'}",
+        f"- validation (best epoch): {_scores(best.metrics, 'val_')}",
+        f"- calibrated on validation: temperature {calibration.temperature:.3f}, threshold "
+        f"{calibration.threshold:.3f} (eval.threshold={cfg.eval.threshold})",
+        f"- test: {_scores(tested, 'test_') or 'no labelled test split'}",
+        *([f"- test subjects: accuracy {tested['test_subject_accuracy']:.4f} of {subjects:.0f}, balanced "
+           f"{tested['test_subject_balanced_accuracy']:.4f}"] if subjects else []),
+        *([f"- test calibration: ECE {tested['test_ece']:.4f} as trained, {tested['test_ece_calibrated']:.4f} "
+           f"calibrated"] if "test_ece" in tested else []),
         f"- model: `runs:/{run.id}/{MODEL_NAME}`" + (f", a version of `{cfg.registry.name}`" * bool(cfg.registry.name)),
         f"- figures: {links}",
     ])  # fmt: skip
