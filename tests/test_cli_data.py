@@ -65,6 +65,28 @@ def test_cnmc_run_prints_the_summary_and_logs_a_training_preview(cnmc_run):
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(png).stat().st_size > 10_000
 
 
+def test_cnmc_run_diagnoses_its_validation_and_test_subjects(cnmc_run):
+    folder, _, client, run = cnmc_run
+    metrics = run.data.metrics
+    tested = pd.read_csv(client.download_artifacts(run.info.run_id, "predictions.csv", str(folder)))
+    subjects = pd.read_csv(
+        client.download_artifacts(run.info.run_id, "subjects.csv", str(folder)), dtype={"subject": str}
+    )
+    assert subjects["subject"].tolist() == ["90", "H90"] and subjects["true_label"].tolist() == [1, 0]
+    prelim = pd.read_csv(folder / "C-NMC_Leukemia/validation_data/C-NMC_test_prelim_phase_data_labels.csv")
+    subject_of = ["90" if label else "H90" for label in prelim["labels"]]  # the prelim table names each cell's subject
+    means = tested.assign(subject=subject_of).groupby("subject")["probability_all"].mean()
+    assert subjects["mean_probability_all"].tolist() == pytest.approx(means.tolist())
+    called = (means >= metrics["threshold"]).astype(int).tolist()
+    assert metrics["test_subject_accuracy"] == pytest.approx(((called[0] == 1) + (called[1] == 0)) / 2)
+    assert metrics["test_subjects"] == 2 and metrics["val_subjects"] >= 2 and "val_subject_roc_auc" in metrics
+    valid = pd.read_csv(client.download_artifacts(run.info.run_id, "val_subjects.csv", str(folder)))
+    assert len(valid) == metrics["val_subjects"] and valid["cells"].sum() == int(
+        run.data.params["dataset.valid.images"]
+    )
+    assert run.data.tags["test_ci"] == "95% bootstrap, 1000 draws of cells"  # one subject per class: cells
+
+
 def test_skipped_images_are_warned_counted_and_listed_and_loss_weights_logged(tmp_path):
     root = write_lab_layout(tmp_path / "data", {"train": 24, "valid": 8})
     data = (root / "train" / "5.bmp").read_bytes()

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.calibration import calibration_curve
@@ -116,20 +117,21 @@ def test_brier_is_the_mean_squared_error_of_the_probability_of_all():
 
 
 def test_calibrated_probabilities_are_the_softmax_of_the_scaled_logits():
-    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-4.0, 5.0]])
-    probabilities = logits.softmax(dim=1).numpy().astype(np.float64)
-    for temperature in (0.5, 1.0, 3.0):
+    # The last row saturates a float32 softmax (a probability of 0): its log-softmax still holds the logits.
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-4.0, 5.0], [60.0, -20.0]])
+    for temperature in (0.5, 1.0, 3.0, 20.0):
         expected = (logits / temperature).softmax(dim=1).numpy()
-        assert calibrated(probabilities, temperature) == pytest.approx(expected, abs=1e-6)
+        assert calibrated(logits.log_softmax(dim=1).numpy(), temperature) == pytest.approx(expected, abs=1e-6)
 
 
 def overconfident(count: int, seed: int, sharpness: float = 4.0):
     """A model whose logits are ``sharpness`` times those of a calibrated one: labels drawn from the calibrated
-    probabilities, probabilities reported from the sharpened logits."""
+    probabilities, log-probabilities reported from the sharpened logits."""
     rng = np.random.default_rng(seed)
     margin = rng.normal(0, 1.5, count)
     targets = (rng.random(count) < 1 / (1 + np.exp(-margin))).astype(int)
-    return two_class(1 / (1 + np.exp(-sharpness * margin))), targets
+    logits = torch.tensor(np.stack([np.zeros(count), sharpness * margin], axis=1))
+    return logits.log_softmax(dim=1).numpy(), targets
 
 
 def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
@@ -137,10 +139,10 @@ def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
     test, test_targets = overconfident(4000, seed=2)
     temperature = fit_temperature(validation, validation_targets)
     assert temperature == pytest.approx(4.0, rel=0.15)
-    before = expected_calibration_error(test, test_targets)
+    before = expected_calibration_error(np.exp(test), test_targets)
     after = expected_calibration_error(calibrated(test, temperature), test_targets)
     assert before > 0.1 and after < before / 3
-    assert brier(calibrated(test, temperature), test_targets) < brier(test, test_targets)
+    assert brier(calibrated(test, temperature), test_targets) < brier(np.exp(test), test_targets)
     # Dividing the logits keeps their sign: the labels at 0.5 stay as they were.
     assert (calibrated(test, temperature).argmax(axis=1) == test.argmax(axis=1)).all()
 
@@ -283,3 +285,27 @@ def test_showcase_picks_the_most_confident_correct_and_wrong_cell_of_each_class(
     chosen = showcase(probability, targets, labels_at(probability, 0.5))
     assert chosen == {(0, "correct"): 0, (0, "wrong"): 2, (1, "correct"): 3, (1, "wrong"): 5}
     assert (1, "wrong") not in showcase(probability[:5], targets[:5], labels_at(probability[:5], 0.5))
+
+
+# The comparison table
+
+
+def test_the_summary_shows_each_interval_and_which_differences_are_noise():
+    from leukemia.tasks.report import markdown, with_intervals
+
+    table = pd.DataFrame({
+        "run": ["a", "b", "c"],
+        "test_accuracy": [0.90, 0.85, 0.70],
+        "test_accuracy_ci_low": [0.86, 0.80, 0.64],
+        "test_accuracy_ci_high": [0.94, 0.89, 0.75],
+        "test_f1_weighted": [0.91, 0.86, 0.69],
+        "test_f1_weighted_ci_low": [0.87, 0.81, 0.63],
+        "test_f1_weighted_ci_high": [0.95, 0.90, 0.74],
+    })  # fmt: skip
+    shown = with_intervals(table)
+    assert shown["test_accuracy"].tolist()[0] == "0.9000 [0.8600, 0.9400]"
+    assert "test_accuracy_ci_low" not in shown and "test_f1_weighted_ci_high" not in shown
+    # b's interval reaches a's lower bound (0.90 >= 0.87): noise; c's (0.74) lies wholly below it.
+    assert shown["f1_weighted vs best"].tolist() == ["best", "within noise", "below"]
+    assert "| 0.8500 [0.8000, 0.8900] |" in markdown(shown)
+    assert "f1_weighted vs best" not in with_intervals(table[["run", "test_accuracy"]])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from leukemia.evaluation.metrics import classification_metrics, confusion_matrix, roc_auc
+from leukemia.evaluation.metrics import average_precision, classification_metrics, confusion_matrix, roc_auc
 
 
 def test_confusion_matrix_rows_are_true_classes():
@@ -44,3 +44,10 @@ def test_roc_auc_equals_the_pairwise_definition_with_ties():
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
     assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+def test_average_precision_is_the_step_area_under_the_precision_recall_curve():
+    # Ranked by score: ALL, normal, ALL, normal. Precision at each ALL cell: 1/1, then 2/3; AP = (1 + 2/3) / 2.
+    targets, scores = np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])
+    assert average_precision(targets, scores) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(average_precision(np.array([0, 0]), np.array([0.2, 0.3])))

@@ -130,19 +130,41 @@ def test_predict_on_a_folder_scores_every_image_under_it_as_one_run(trained, tmp
     assert [item.path for item in client.list_artifacts(prediction.info.run_id)] == ["out.csv"]
 
 
-def test_predict_on_a_csv_keeps_its_order_and_subjects_with_a_bare_run_id(trained, tmp_path):
+def test_predict_on_a_csv_keeps_its_order_diagnoses_its_subjects_and_explains_each_image(trained, tmp_path):
     folder, root, run = trained
     order = [5, 0, 11, 3]
     table = pd.DataFrame({"path": [f"test/{index}.bmp" for index in order], "subject": ["P1", "P1", "P2", "P3"]})
     table.to_csv(root / "new.csv", index=False)
     result = run_cli("task=predict", f"predict.model={run.info.run_id}", f"predict.input={root / 'new.csv'}",
-                     f"predict.output={tmp_path / 'out.csv'}", cwd=folder)  # fmt: skip
+                     f"predict.output={tmp_path / 'out.csv'}", "predict.explain=true", cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     scored = pd.read_csv(tmp_path / "out.csv")
-    assert list(scored.columns) == ["path", "probability_all", "label", "subject"]
+    assert list(scored.columns) == ["path", "probability_all", "label", "subject", "gradcam"]
     assert scored["path"].tolist() == table["path"].tolist() and scored["subject"].tolist() == table["subject"].tolist()
     expected = predictions_of_training(run).iloc[order]
     np.testing.assert_allclose(scored["probability_all"], expected["probability_all"], atol=1e-5)
+    threshold = run.data.metrics["threshold"]
+    assert scored["label"].tolist() == (scored["probability_all"] >= threshold).astype(int).tolist()
+    subjects = pd.read_csv(tmp_path / "out_subjects.csv")
+    assert subjects["subject"].tolist() == ["P1", "P2", "P3"] and subjects["cells"].tolist() == [2, 1, 1]
+    means = scored.groupby("subject")["probability_all"].mean()
+    np.testing.assert_allclose(subjects["mean_probability_all"], means, atol=1e-9)
+    assert subjects["predicted_label"].tolist() == (means >= threshold).astype(int).tolist()
+    overlays = sorted((tmp_path / "out_gradcam").iterdir())
+    names = [f"{row:05d}_{index}.png" for row, index in enumerate(order)]  # row in the CSV, file stem
+    assert [path.name for path in overlays] == scored["gradcam"].tolist() == names
+    assert all(Image.open(path).size == (32, 32) for path in overlays)  # the model's image size
+    (prediction,) = [r for r in runs_of(folder, kind="predict")[1]
+                     if r.data.params["predict.output"] == str(tmp_path / "out.csv")]  # fmt: skip
+    assert prediction.data.params["threshold"] == str(threshold)
+    listed = {item.path for item in client_for(folder).list_artifacts(prediction.info.run_id)}
+    assert listed == {"out.csv", "out_subjects.csv"}
+    lowered = run_cli("task=predict", f"predict.model={run.info.run_id}", f"predict.input={root / 'new.csv'}",
+                      f"predict.output={tmp_path / 'low.csv'}", "predict.threshold=0.01", cwd=folder)  # fmt: skip
+    assert lowered.returncode == 0, lowered.stderr[-3000:]
+    assert (
+        pd.read_csv(tmp_path / "low.csv")["label"].tolist() == (scored["probability_all"] >= 0.01).astype(int).tolist()
+    )
 
 
 def test_an_unreadable_image_is_named_or_skipped_and_listed(trained, tmp_path):

@@ -54,22 +54,22 @@ def brier(probabilities: np.ndarray, targets: np.ndarray) -> float:
     return float(brier_score_loss(targets, probabilities[:, 1], labels=[0, 1]))
 
 
-def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax probabilities as if the logits had been divided by ``temperature`` (log-probabilities are the
-    logits up to a constant per row, which the softmax ignores)."""
-    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+def calibrated(log_probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax probabilities as if the logits had been divided by ``temperature``: (N, classes)
+    log-probabilities are the logits less a constant per row, which the softmax ignores."""
+    logits = np.asarray(log_probabilities, dtype=np.float64) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)
     return scaled / scaled.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
+def fit_temperature(log_probabilities: np.ndarray, targets: np.ndarray) -> float:
     """The temperature that minimises the cross-entropy (scikit-learn's log loss) of the calibrated
     probabilities on these cells, searched on a log scale within TEMPERATURE_RANGE."""
-    classes = list(range(probabilities.shape[1]))
+    classes = list(range(log_probabilities.shape[1]))
 
     def loss(log_temperature: float) -> float:
-        return log_loss(targets, calibrated(probabilities, float(np.exp(log_temperature))), labels=classes)
+        return log_loss(targets, calibrated(log_probabilities, float(np.exp(log_temperature))), labels=classes)
 
     low, high = np.log(TEMPERATURE_RANGE)
     return float(np.exp(minimize_scalar(loss, bounds=(low, high), method="bounded").x))

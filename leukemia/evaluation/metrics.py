@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -51,3 +51,11 @@ def roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:
     if len(np.unique(targets)) < 2:
         return float("nan")
     return float(roc_auc_score(targets, scores))
+
+
+def average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
+    """scikit-learn's average precision (the area under the precision-recall curve) of ``scores`` for class 1;
+    NaN when a class is absent."""
+    if len(np.unique(targets)) < 2:
+        return float("nan")
+    return float(average_precision_score(targets, scores))

@@ -26,7 +26,13 @@ from leukemia.evaluation.bootstrap import bootstrap_intervals
 from leukemia.evaluation.calibration import brier, calibrated, fit_temperature, reliability
 from leukemia.evaluation.decision import labels_at, operating_threshold
 from leukemia.evaluation.explain import grad_cam, overlay, showcase
-from leukemia.evaluation.metrics import classification_metrics, confusion_counts, confusion_matrix, roc_auc
+from leukemia.evaluation.metrics import (
+    average_precision,
+    classification_metrics,
+    confusion_counts,
+    confusion_matrix,
+    roc_auc,
+)
 from leukemia.evaluation.subjects import subject_metrics, subject_table
 from leukemia.tasks.context import output_dir
 from leukemia.tracking.evaluation_figures import curve_figure, gradcam_figure, reliability_figure
@@ -76,8 +82,8 @@ class Evaluator:
         """Fit the temperature on the validation split, fix the threshold there; log both with the validation
         split's calibration, curves and subject scores."""
         raw = self.predictions(valid, "calibrate (valid)")
-        temperature = fit_temperature(raw.probabilities, raw.targets)
-        probability_all = calibrated(raw.probabilities, temperature)[:, 1]
+        temperature = fit_temperature(raw.log_probabilities, raw.targets)
+        probability_all = calibrated(raw.log_probabilities, temperature)[:, 1]
         calibration = Calibration(temperature, operating_threshold(self.cfg.eval.threshold, probability_all,
                                                                    raw.targets))  # fmt: skip
         metrics = {"temperature": temperature, "threshold": calibration.threshold}
@@ -91,17 +97,17 @@ class Evaluator:
     def score_split(self, prefix: str, split: Manifest, raw: Predictions, calibration: Calibration) -> dict:
         """A labelled split's calibration (before and after the temperature), its ROC and PR figures, and its
         subject table and scores where subjects are known."""
-        probabilities = calibrated(raw.probabilities, calibration.temperature)
+        probabilities = calibrated(raw.log_probabilities, calibration.temperature)
         probability_all, targets = probabilities[:, 1], raw.targets
-        curves = {"as trained": reliability(raw.probabilities, targets),
-                  f"temperature {calibration.temperature:.2f}": reliability(probabilities, targets)}  # fmt: skip
-        metrics = {f"{prefix}_ece": curves["as trained"].ece, f"{prefix}_brier": brier(raw.probabilities, targets),
-                   f"{prefix}_ece_calibrated": reliability(probabilities, targets).ece,
-                   f"{prefix}_brier_calibrated": brier(probabilities, targets)}  # fmt: skip
+        trained, scaled = reliability(raw.probabilities, targets), reliability(probabilities, targets)
+        metrics = {f"{prefix}_ece": trained.ece, f"{prefix}_brier": brier(raw.probabilities, targets),
+                   f"{prefix}_ece_calibrated": scaled.ece, f"{prefix}_brier_calibrated": brier(probabilities, targets),
+                   f"{prefix}_average_precision": average_precision(targets, probability_all)}  # fmt: skip
         title = f"{self.run.name}: {split.name} ({len(split)} images)"
+        curves = {"as trained": trained, f"temperature {calibration.temperature:.2f}": scaled}
         self.run.log_figure(reliability_figure(curves, title), f"figures/{prefix}_reliability.png")
         predicted = labels_at(probability_all, calibration.threshold)
-        for kind in ("roc", "pr"):
+        for kind in ("roc", "pr") if len(np.unique(targets)) > 1 else ():  # a one-class split has no curve
             figure = curve_figure(kind, targets, probability_all, predicted, calibration.threshold, title)
             self.run.log_figure(figure, f"figures/{prefix}_{kind}.png")
         if split.subjects is not None:
@@ -146,7 +152,7 @@ class Evaluator:
         """Predict the test split: write and log the submission and the predictions, the subject table where
         subjects are known; with labels, log and return the ``test_*`` metrics, intervals and figures."""
         raw = self.predictions(test, "test")
-        probability_all = calibrated(raw.probabilities, calibration.temperature)[:, 1]
+        probability_all = calibrated(raw.log_probabilities, calibration.temperature)[:, 1]
         predicted = labels_at(probability_all, calibration.threshold)
         self.write_predictions(test, probability_all, predicted)
         if test.labels is None:

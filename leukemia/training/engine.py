@@ -105,13 +105,18 @@ FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both
 
 @dataclass
 class Predictions:
-    probabilities: np.ndarray  # (images, classes) softmax
+    # (images, classes) log-softmax: exact where a softmax rounds to 0 or 1, so a temperature can rescale it
+    log_probabilities: np.ndarray
     targets: np.ndarray  # -1 where the split is unlabelled
     skipped: list[str] = field(default_factory=list)
 
     @property
+    def probabilities(self) -> np.ndarray:
+        return np.exp(self.log_probabilities)
+
+    @property
     def labels(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
+        return self.log_probabilities.argmax(axis=1)
 
 
 @torch.inference_mode()
@@ -126,8 +131,8 @@ def predict(
     amp: bool = False,
     channels_last: bool = False,
 ) -> Predictions:
-    """Class probabilities for every image of the loader, in order; with ``flips`` the softmax is averaged
-    over the four flip combinations (test-time augmentation: cells have no orientation)."""
+    """Class log-probabilities for every image of the loader, in order; with ``flips`` the softmax is averaged
+    over the four flip combinations (test-time augmentation: cells have no orientation), in log space."""
     model.eval()
     probabilities, targets, skipped = [], [], []
     for batch in tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch"):
@@ -137,8 +142,8 @@ def predict(
         images = model_input(batch.images, device, prepare, channels_last)
         views = [images.flip(dims) if dims else images for dims in (FLIPS if flips else FLIPS[:1])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            softmax = torch.stack([model(view).float().softmax(dim=1) for view in views]).mean(dim=0)
-        probabilities.append(softmax.float().cpu())
+            logs = torch.stack([model(view).float().log_softmax(dim=1) for view in views])
+        probabilities.append((logs.logsumexp(dim=0) - math.log(len(views))).cpu())  # log of the mean softmax
         targets.append(batch.labels)
     if not probabilities:
         return Predictions(np.empty((0, 0)), np.empty(0, dtype=np.int64), skipped)
