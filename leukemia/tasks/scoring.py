@@ -23,7 +23,7 @@ from leukemia.data.decoding import Normalisation, decode_pixels, read_image
 from leukemia.data.feed import build_feed
 from leukemia.data.manifest import CLASS_NAMES, Manifest
 from leukemia.evaluation.bootstrap import bootstrap_intervals
-from leukemia.evaluation.calibration import brier, calibrated, fit_temperature, reliability
+from leukemia.evaluation.calibration import TEMPERATURE_RANGE, brier, calibrated, fit_temperature, reliability
 from leukemia.evaluation.decision import labels_at, operating_threshold
 from leukemia.evaluation.explain import grad_cam, overlay, showcase
 from leukemia.evaluation.metrics import (
@@ -83,6 +83,10 @@ class Evaluator:
         split's calibration, curves and subject scores."""
         raw = self.predictions(valid, "calibrate (valid)")
         temperature = fit_temperature(raw.log_probabilities, raw.targets)
+        if not TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01:
+            log.warning("the temperature reached the end of its range (%.3g, %d validation images): the validation "
+                        "split does not pin it down; its calibrated probabilities are not to be trusted",
+                        temperature, len(valid))  # fmt: skip
         probability_all = calibrated(raw.log_probabilities, temperature)[:, 1]
         calibration = Calibration(temperature, operating_threshold(self.cfg.eval.threshold, probability_all,
                                                                    raw.targets))  # fmt: skip

@@ -50,10 +50,12 @@ def curve_figure(kind: str, targets: np.ndarray, probability_all: np.ndarray, pr
     if kind == "roc":
         RocCurveDisplay.from_predictions(targets, probability_all, ax=axis, name="P(ALL)", plot_chance_level=True)
         axis.plot(false_positive, recall, "o", color="crimson", label=f"threshold {threshold:.3g}")
+        axis.set(xlabel="false-positive rate (normal cells called ALL)", ylabel="true-positive rate (ALL called ALL)")
     else:
         PrecisionRecallDisplay.from_predictions(targets, probability_all, ax=axis, name="P(ALL)",
                                                 plot_chance_level=True)  # fmt: skip
         axis.plot(recall, precision, "o", color="crimson", label=f"threshold {threshold:.3g}")
+        axis.set(xlabel="recall (ALL cells called ALL)", ylabel="precision (cells called ALL that are ALL)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right" if kind == "roc" else "lower left")
     axis.set_title(title, fontsize=10)
