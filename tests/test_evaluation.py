@@ -309,3 +309,6 @@ def test_the_summary_shows_each_interval_and_which_differences_are_noise():
     assert shown["f1_weighted vs best"].tolist() == ["best", "within noise", "below"]
     assert "| 0.8500 [0.8000, 0.8900] |" in markdown(shown)
     assert "f1_weighted vs best" not in with_intervals(table[["run", "test_accuracy"]])
+    untested = pd.concat([table, pd.DataFrame({"run": ["d"]})], ignore_index=True)  # a run with no test scores
+    assert with_intervals(untested)["f1_weighted vs best"].tolist() == ["best", "within noise", "below", ""]
+    assert with_intervals(untested)["test_accuracy"].tolist()[3] == ""

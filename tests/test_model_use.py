@@ -61,8 +61,13 @@ def test_the_run_page_shows_the_model_datasets_description_and_system_metrics(tr
     description = run.data.tags["mlflow.note.content"]
     best = int(run.data.metrics["best_epoch"])
     assert f"best epoch: {best}, by val_f1_weighted {run.data.metrics['best_val_f1_weighted']:.4f}" in description
-    assert f"accuracy {run.data.metrics['test_accuracy']:.4f}" in description
-    assert "artifactPath/figures/confusion_matrix.png" in description
+    metrics = run.data.metrics
+    interval = f"[{metrics['test_accuracy_ci_low']:.4f}, {metrics['test_accuracy_ci_high']:.4f}]"
+    assert f"- test: accuracy {metrics['test_accuracy']:.4f} {interval}" in description
+    assert f"temperature {metrics['temperature']:.3f}, threshold 0.500 (eval.threshold=0.5)" in description
+    assert f"ECE {metrics['test_ece']:.4f} as trained, {metrics['test_ece_calibrated']:.4f} calibrated" in description
+    for figure in ("confusion_matrix", "test_roc", "test_reliability", "gradcam"):
+        assert f"artifactPath/figures/{figure}.png" in description
     assert "system/cpu_utilization_percentage" in run.data.metrics
     assert "system/system_memory_usage_megabytes" in run.data.metrics
     (version,) = client.search_model_versions("name = 'cells'")

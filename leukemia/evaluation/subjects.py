@@ -12,8 +12,6 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from leukemia.evaluation.decision import labels_at
 from leukemia.evaluation.metrics import roc_auc
 
-COLUMNS = ("subject", "cells", "fraction_all", "mean_probability_all", "predicted_label")
-
 
 def subject_table(
     probability_all: np.ndarray, subjects: Sequence[str], threshold: float, targets: np.ndarray | None = None

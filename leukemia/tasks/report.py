@@ -116,18 +116,22 @@ def summary_table(runs: list[RunRecord], varying: list[str], versions: list[Vers
 def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
     """The summary with each interval beside its score (``0.9560 [0.9300, 0.9780]``) and, where the runs have
     intervals of the challenge metric, whether each differs from the best run's beyond noise: ``best``, ``within
-    noise`` (the intervals overlap) or ``below``."""
+    noise`` (the intervals overlap) or ``below``; blank for a run without them."""
+
+    def shown_with(value: float, low: float, high: float) -> str:
+        return "" if np.isnan(value) else f"{value:.4f}" + ("" if np.isnan(low) else f" [{low:.4f}, {high:.4f}]")
+
     shown = table.copy()
     for key in INTERVAL_METRICS:
         low, high = f"{key}_ci_low", f"{key}_ci_high"
         if low in shown:
-            shown[key] = [f"{v:.4f} [{a:.4f}, {b:.4f}]" if not np.isnan(a) else f"{v:.4f}"
-                          for v, a, b in zip(table[key], table[low], table[high], strict=True)]  # fmt: skip
+            shown[key] = [shown_with(*values) for values in zip(table[key], table[low], table[high], strict=True)]
             shown = shown.drop(columns=[low, high])
     if f"{CHALLENGE}_ci_low" in table and table[CHALLENGE].notna().any():
         best = table[CHALLENGE].idxmax()
         floor = table.loc[best, f"{CHALLENGE}_ci_low"]
-        shown["f1_weighted vs best"] = ["best" if index == best else "within noise" if high >= floor else "below"
+        shown["f1_weighted vs best"] = ["best" if index == best else "" if np.isnan(high) else
+                                        "within noise" if high >= floor else "below"
                                         for index, high in table[f"{CHALLENGE}_ci_high"].items()]  # fmt: skip
     return shown
 

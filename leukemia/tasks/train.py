@@ -162,7 +162,7 @@ def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float]
         f"- calibrated on validation: temperature {calibration.temperature:.3f}, threshold "
         f"{calibration.threshold:.3f} (eval.threshold={cfg.eval.threshold})",
         f"- test: {_scores(tested, 'test_') or 'no labelled test split'}",
-        *([f"- test subjects: accuracy {tested['test_subject_accuracy']:.4f} of {subjects:.0f}, balanced "
+        *([f"- test subjects ({subjects:.0f}): accuracy {tested['test_subject_accuracy']:.4f}, balanced accuracy "
            f"{tested['test_subject_balanced_accuracy']:.4f}"] if subjects else []),
         *([f"- test calibration: ECE {tested['test_ece']:.4f} as trained, {tested['test_ece_calibrated']:.4f} "
            f"calibrated"] if "test_ece" in tested else []),

@@ -114,10 +114,6 @@ class Predictions:
     def probabilities(self) -> np.ndarray:
         return np.exp(self.log_probabilities)
 
-    @property
-    def labels(self) -> np.ndarray:
-        return self.log_probabilities.argmax(axis=1)
-
 
 @torch.inference_mode()
 def predict(
