@@ -3,7 +3,8 @@
 #   1. the benchmark (python -m leukemia.bench) for resnet18/50/152 at 350 px, bf16 + channels_last;
 #   2. reproducibility: two deterministic CUDA runs of the same config, every metric at every step compared;
 #   3. scale-out: three joblib sweep jobs sharing the GPU, on one sqlite store (and the sweep's own run);
-#   4. the logged model: task=predict on the GPU (its rate), and the GPU's system metrics on the training run.
+#   4. the logged model: task=predict on the GPU (its rate, Grad-CAM overlays), and on the training run the GPU's
+#      system metrics and the evaluation (temperature, threshold, ECE, intervals, Grad-CAM figure).
 #
 #   usage: scripts/gpu_check.sh [OUTPUT_DIR]       (from the repository root, with the package importable)
 # DEVICE=cpu IMAGES=16 BATCH=8 SIZE=64 DEPTHS=18 EPOCHS=1 tries the script on a machine without a GPU.
@@ -79,17 +80,28 @@ for run in runs:
           "best", round(run.data.metrics.get("best_val_accuracy", float("nan")), 4))
 sys.exit(0 if len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs) else 1)
 EOF
-step "4. task=predict with the first deterministic run's model on the $device"
+step "4. task=predict with the first deterministic run's model on the $device, explained"
 first_id=$("$py" -c "from mlflow.tracking import MlflowClient as C; c = C('sqlite:///mlflow.db'); print(c.search_runs([c.get_experiment_by_name('leukemia').experiment_id], \"attributes.run_name = 'deterministic-first'\")[0].info.run_id)")
 test_dir=$(dirname "$(find "$HOME/.cache/leukemia/demo-v1" -path '*new_dataset/test/*.bmp' | head -n 1)")
 "$py" "$repo/run.py" task=predict predict.model="$first_id" predict.input="$test_dir" trainer.device="$device" \
-  predict.output="$out/predictions.csv" trainer.progress=false > "$out/predict.log" 2>&1 || status=1
+  predict.output="$out/predictions.csv" predict.explain=true trainer.progress=false > "$out/predict.log" 2>&1 || status=1
 grep -h "predicting\|predictions (" "$out/predict.log"
+echo "Grad-CAM overlays: $(ls "$out/predictions_gradcam" | wc -l)"
+rm -rf "$out/predictions_gradcam"
 "$py" -c "
+import sys
 from mlflow.tracking import MlflowClient as C
-run = C('sqlite:///mlflow.db').get_run('$first_id')
-print('system metrics of the training run:', sorted(k for k in run.data.metrics if k.startswith('system/')))
-" | tee "$out/system_metrics.txt"
+client = C('sqlite:///mlflow.db')
+run = client.get_run('$first_id')
+m = run.data.metrics
+print('system metrics of the training run:', sorted(k for k in m if k.startswith('system/')))
+keys = ('temperature', 'threshold', 'test_ece', 'test_ece_calibrated', 'test_accuracy', 'test_accuracy_ci_low',
+        'test_accuracy_ci_high', 'test_subject_accuracy')
+print('evaluation:', {k: round(m[k], 4) for k in keys if k in m}, run.data.tags.get('test_ci'))
+figures = {item.path for item in client.list_artifacts(run.info.run_id, 'figures')}
+print('gradcam figure:', 'figures/gradcam.png' in figures)
+sys.exit(0 if 'figures/gradcam.png' in figures and all(k in m for k in keys) else 1)
+" | tee "$out/system_metrics.txt" || status=1
 cd "$repo" || exit 1
 rm -rf "$work"
 echo; echo "gpu_check: $([ $status = 0 ] && echo all passed || echo SOME CHECK FAILED)"
