@@ -15,7 +15,6 @@ from leukemia.evaluation.bootstrap import CELLS, SUBJECTS, bootstrap_intervals, 
 from leukemia.evaluation.calibration import (
     brier,
     calibrated,
-    expected_calibration_error,
     fit_temperature,
     reliability,
 )
@@ -90,10 +89,10 @@ def test_ece_on_known_probabilities_as_worked_by_hand():
     # ECE = 2/4 |0.5 - 0.95| + 1/4 |1 - 0.55| + 1/4 |1 - 0.65| = 0.425.
     probabilities = two_class([0.95, 0.05, 0.55, 0.35])
     targets = np.array([1, 1, 1, 0])
-    assert expected_calibration_error(probabilities, targets) == pytest.approx(0.425)
+    assert reliability(probabilities, targets).ece == pytest.approx(0.425)
     bins = reliability(probabilities, targets)
     assert bins.counts[[8, 9, 14]].tolist() == [1, 1, 2] and bins.counts.sum() == 4
-    assert expected_calibration_error(two_class([1.0, 0.0]), np.array([1, 0])) == 0.0
+    assert reliability(two_class([1.0, 0.0]), np.array([1, 0])).ece == 0.0
 
 
 def test_reliability_bins_match_scikit_learns_calibration_curve():
@@ -139,8 +138,8 @@ def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
     test, test_targets = overconfident(4000, seed=2)
     temperature = fit_temperature(validation, validation_targets)
     assert temperature == pytest.approx(4.0, rel=0.15)
-    before = expected_calibration_error(np.exp(test), test_targets)
-    after = expected_calibration_error(calibrated(test, temperature), test_targets)
+    before = reliability(np.exp(test), test_targets).ece
+    after = reliability(calibrated(test, temperature), test_targets).ece
     assert before > 0.1 and after < before / 3
     assert brier(calibrated(test, temperature), test_targets) < brier(np.exp(test), test_targets)
     # Dividing the logits keeps their sign: the labels at 0.5 stay as they were.

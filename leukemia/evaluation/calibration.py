@@ -45,10 +45,6 @@ def reliability(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS
     return Reliability(np.linspace(0.0, 1.0, bins + 1), counts, mean_confidence, accuracy)
 
 
-def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS) -> float:
-    return reliability(probabilities, targets, bins).ece
-
-
 def brier(probabilities: np.ndarray, targets: np.ndarray) -> float:
     """scikit-learn's Brier score of the probability of class 1 (ALL): mean squared error against 0/1."""
     return float(brier_score_loss(targets, probabilities[:, 1], labels=[0, 1]))

@@ -52,8 +52,8 @@ SHOWN = ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc", "ece", "ece_
 class Calibration:
     """What validation fixed: the temperature the logits are divided by, and the decision threshold."""
 
-    temperature: float = 1.0
-    threshold: float = 0.5
+    temperature: float
+    threshold: float
 
 
 @dataclass

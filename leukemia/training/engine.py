@@ -1,4 +1,5 @@
-"""One pass over a loader: training (with an optimizer) or evaluation (without); predicting class probabilities."""
+"""One pass over a loader: training (with an optimizer) or evaluation (without); predicting class
+log-probabilities."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def predict(
     """Class log-probabilities for every image of the loader, in order; with ``flips`` the softmax is averaged
     over the four flip combinations (test-time augmentation: cells have no orientation), in log space."""
     model.eval()
-    probabilities, targets, skipped = [], [], []
+    log_probabilities, targets, skipped = [], [], []
     for batch in tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch"):
         skipped += batch.skipped
         if not len(batch.labels):
@@ -139,8 +140,8 @@ def predict(
         views = [images.flip(dims) if dims else images for dims in (FLIPS if flips else FLIPS[:1])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logs = torch.stack([model(view).float().log_softmax(dim=1) for view in views])
-        probabilities.append((logs.logsumexp(dim=0) - math.log(len(views))).cpu())  # log of the mean softmax
+        log_probabilities.append((logs.logsumexp(dim=0) - math.log(len(views))).cpu())  # log of the mean softmax
         targets.append(batch.labels)
-    if not probabilities:
+    if not log_probabilities:
         return Predictions(np.empty((0, 0)), np.empty(0, dtype=np.int64), skipped)
-    return Predictions(torch.cat(probabilities).numpy(), torch.cat(targets).numpy(), skipped)
+    return Predictions(torch.cat(log_probabilities).numpy(), torch.cat(targets).numpy(), skipped)
