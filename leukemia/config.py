@@ -54,6 +54,15 @@ class OnBadImage(str, Enum):
     skip = "skip"
 
 
+class Cache(str, Enum):
+    """Where a split's decoded uint8 pixels are kept between epochs."""
+
+    auto = "auto"  # device on CUDA when the split fits beside the model, else disk
+    device = "device"  # in the training device's memory: each batch is an index gather there (on a CPU: in RAM)
+    disk = "disk"  # a memory-mapped file under paths.cache_dir/decoded, read per batch
+    none = "none"  # no cache: every image decoded in every epoch, in data.num_workers processes
+
+
 class SplitMethod(str, Enum):
     folds = "folds"  # the published folds: data.val_fold validates, the others train
     subjects = "subjects"  # a seeded, class-stratified split of whole subjects
@@ -217,9 +226,10 @@ class DataConfig:
     std: list[float] = checked(rule=PER_CHANNEL_SPREAD, factory=lambda: [0.229, 0.224, 0.225])
     balance: Balance = Balance.none
     on_bad_image: OnBadImage = OnBadImage.error
-    # Decode each split once into a uint8 array under paths.cache_dir/decoded, reused by later runs; false: decode
-    # every image in every epoch (in data.num_workers processes).
-    cache: bool = True
+    # Each split is decoded once into a uint8 array under paths.cache_dir/decoded, reused by later runs, and then
+    # read from there (disk) or copied once into the training device's memory (device); none: decode every image
+    # in every epoch (in data.num_workers processes).
+    cache: Cache = Cache.auto
     # At most this many images per split (a fixed class-stratified pick), for smoke runs; null = all.
     limit: int | None = checked(None, Rule(lambda v: v >= 1, "must be at least 1 image per split (or null for all)"))
     # K-fold cross-validation: data.folds=K makes fold data.fold (0 … K-1) of the training pool (train and valid
@@ -306,6 +316,9 @@ class TrainerConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    # On CUDA: compile the model with CUDA graphs (torch.compile mode reduce-overhead), replaying each step's
+    # kernels at once instead of launching them one by one.
+    cuda_graphs: bool = False
     # Cross-entropy with label smoothing for training (validation losses stay plain, to compare across runs).
     label_smoothing: float = checked(0.1, BELOW_1)
     # Deterministic algorithms only, cuDNN autotuning off: same seed, same numbers on CUDA too, at some speed.
@@ -500,6 +513,13 @@ def check_config(cfg: DictConfig) -> None:
 
 # Keys earlier versions had and this one dropped: a run that logged them is read back without them.
 RETIRED_KEYS = {"data": ("pipeline",)}  # one batched augmentation replaced data.pipeline=tensor|pil
+# Values earlier versions stored that this one reads as another: data.cache was true or false.
+RENAMED_VALUES = {("data", "cache"): {True: Cache.auto.value, False: Cache.none.value}}
+
+
+def _renamed(section: str, key: str, value: Any) -> Any:
+    renamed = RENAMED_VALUES.get((section, key))
+    return renamed.get(value, value) if renamed and isinstance(value, bool) else value
 
 
 def typed(stored: DictConfig) -> DictConfig:
@@ -510,7 +530,8 @@ def typed(stored: DictConfig) -> DictConfig:
         for key in stored:
             value = stored[key]
             if isinstance(value, DictConfig):
-                kept = {k: v for k, v in value.items_ex(resolve=False) if k not in RETIRED_KEYS.get(key, ())}
+                kept = {k: _renamed(key, k, v) for k, v in value.items_ex(resolve=False)
+                        if k not in RETIRED_KEYS.get(key, ())}  # fmt: skip
                 value = OmegaConf.merge(OmegaConf.structured(schema_of(key, value)), kept)
             merged[key] = value
     except OmegaConfBaseException as error:

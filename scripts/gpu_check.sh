@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one pass (a few minutes on one H100/H200):
+# The checks that need a CUDA GPU, in one pass (under 10 minutes on one H100/H200):
+#   0. the course's study timed (python -m leukemia.bench --study): a C-NMC-sized set, 350 px, the data resident
+#      on the GPU, every depth at batch 32 and at its fastest batch, data waiting measured, the study projected;
 #   1. the benchmark (python -m leukemia.bench) for resnet18/50/152 at 350 px, bf16 + channels_last;
 #   2. reproducibility: two deterministic CUDA runs of the same config, every metric at every step compared;
 #   3. scale-out: three joblib sweep jobs sharing the GPU, on one sqlite store (and the sweep's own run);
 #   4. the logged model: task=predict on the GPU (its rate, Grad-CAM overlays), and on the training run the GPU's
-#      system metrics and the evaluation (temperature, threshold, ECE, intervals, Grad-CAM figure).
+#      system metrics and the evaluation (temperature, threshold, ECE, intervals, Grad-CAM figure);
+#   5. ResNet18's epoch with torch.compile and with CUDA graphs (a quarter-size study), against none.
 #
 #   usage: scripts/gpu_check.sh [OUTPUT_DIR]       (from the repository root, with the package importable)
-# DEVICE=cpu IMAGES=16 BATCH=8 SIZE=64 DEPTHS=18 EPOCHS=1 tries the script on a machine without a GPU.
+# DEVICE=cpu IMAGES=16 BATCH=8 SIZE=64 DEPTHS=18 EPOCHS=1 STUDY_IMAGES=40 MAX_BATCH=64 COMPILE_TRY= tries the
+# script on a machine without a GPU.
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_check_out}")
 mkdir -p "$out"
@@ -18,6 +22,9 @@ size=${SIZE:-350}
 depths=${DEPTHS:-18 50 152}
 epochs=${EPOCHS:-2}
 workers=${WORKERS:-8}
+study_images=${STUDY_IMAGES:-10661}
+max_batch=${MAX_BATCH:-512}
+compile_try=${COMPILE_TRY-default reduce-overhead}
 py=${PYTHON:-python3}
 work=$(mktemp -d)
 export HOME="$work/home" PYTHONUNBUFFERED=1  # a fresh demo set and decode cache
@@ -28,6 +35,10 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
 "$py" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())"
+
+step "0. the course's study: $study_images cells, ${size}px, batches 32 to $max_batch"
+"$py" -m leukemia.bench --study --device "$device" --images "$study_images" --image-size "$size" \
+  --max-batch "$max_batch" --workers "$(nproc)" 2>&1 | tee "$out/study.txt" || status=1
 
 step "1. benchmark: $images images, ${size}px, batch $batch, $workers workers"
 for depth in $depths; do
@@ -45,6 +56,7 @@ done
 "$py" - <<'EOF' | tee "$out/deterministic_compare.txt" || status=1
 import sys
 from mlflow.tracking import MlflowClient
+from leukemia.training.loop import TIMING_METRICS
 
 client = MlflowClient("sqlite:///mlflow.db")
 experiment = client.get_experiment_by_name("leukemia")
@@ -52,12 +64,14 @@ runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id
 first, second = runs["deterministic-first"], runs["deterministic-second"]
 def history(run):
     return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-            for key in run.data.metrics if not key.startswith("system/")}  # samples of the machine differ
+            for key in run.data.metrics
+            if not key.startswith("system/") and key not in TIMING_METRICS}  # the machine's samples and pace differ
 a, b = history(first), history(second)
 differ = sorted(key for key in a if a[key] != b.get(key))
 print(f"device tag: {first.data.params.get('trainer.device')}; statuses {first.info.status}/{second.info.status}; "
       f"{len(a)} metrics, {sum(len(v) for v in a.values())} values; differing: {differ or 'none'}")
 print("val_accuracy by epoch:", a["val_accuracy"])
+print("data_wait_fraction by epoch:", [(m.step, round(m.value, 4)) for m in client.get_metric_history(first.info.run_id, "data_wait_fraction")])
 sys.exit(1 if differ or first.info.status != "FINISHED" else 0)
 EOF
 
@@ -103,6 +117,14 @@ print('gradcam figure:', 'figures/gradcam.png' in figures)
 sys.exit(0 if 'figures/gradcam.png' in figures and all(k in m for k in keys) else 1)
 " | tee "$out/system_metrics.txt" || status=1
 cd "$repo" || exit 1
+
+quarter=$(( study_images / 4 ))
+for mode in none $compile_try; do
+  [ "$mode" = none ] && [ -z "$compile_try" ] && break
+  step "5. ResNet18's study epoch, compile $mode ($quarter cells)"
+  "$py" -m leukemia.bench --study --depths 18 --device "$device" --images "$quarter" --image-size "$size" \
+    --max-batch "$max_batch" --workers "$(nproc)" --compile "$mode" 2>&1 | tee "$out/study_compile_$mode.txt" || status=1
+done
 rm -rf "$work"
 echo; echo "gpu_check: $([ $status = 0 ] && echo all passed || echo SOME CHECK FAILED)"
 exit $status

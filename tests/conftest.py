@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from leukemia.config import register_configs
+from leukemia.training.loop import TIMING_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -186,8 +187,9 @@ FAST = ("data=lab", "data.crop_size=36", "data.image_size=32", "data.batch_size=
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every metric the run's training logged as (step, value) pairs in step order (MLflow's ``system/`` samples
-    of the machine, which no two runs share, left out)."""
-    keys = [key for key in client.get_run(run_id).data.metrics if not key.startswith("system/")]
+    of the machine and the epochs' speed, which no two runs share, left out)."""
+    keys = [key for key in client.get_run(run_id).data.metrics
+            if not key.startswith("system/") and key not in TIMING_METRICS]  # fmt: skip
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
 
 

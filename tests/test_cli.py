@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from leukemia.training.loop import TIMING_METRICS
+
 from conftest import FAST, REPO, SHARED_DATA, run_cli, runs_of, write_lab_layout
 
 pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
@@ -47,9 +49,23 @@ def test_run_finishes_with_the_flattened_config_as_params(trained):
 def test_every_epoch_is_logged_with_its_step(trained):
     _, client, run, _ = trained
     for metric in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
-                   "val_f1_weighted", "val_accuracy_normal", "val_accuracy_all"):  # fmt: skip
+                   "val_f1_weighted", "val_accuracy_normal", "val_accuracy_all", *TIMING_METRICS):  # fmt: skip
         history = client.get_metric_history(run.info.run_id, metric)
         assert sorted(point.step for point in history) == list(range(1, EPOCHS + 1)), metric
+
+
+def test_every_epoch_logs_its_pace_and_the_share_spent_waiting_for_data(trained):
+    _, client, run, result = trained
+
+    def history(key):
+        return sorted(client.get_metric_history(run.info.run_id, key), key=lambda point: point.step)
+
+    waits, rates = history("data_wait_fraction"), history("train_images_per_s")
+    assert all(0 < point.value < 1 for point in waits)
+    # 64 training images an epoch: their training took 64 / rate seconds, less than passed between two epochs' logs
+    for before, rate in zip(rates, rates[1:], strict=False):
+        assert 0 < 64 / rate.value < (rate.timestamp - before.timestamp) / 1000
+    assert f"{rates[0].value:.0f} img/s, data wait {waits[0].value:.0%}" in result.stdout + result.stderr
 
 
 def test_training_learns_a_separable_set(trained):
@@ -122,7 +138,7 @@ def test_wrong_type_on_the_command_line_fails_at_composition(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize(("cache", "statuses"), [("false", ["FAILED"]), ("true", [])])
+@pytest.mark.parametrize(("cache", "statuses"), [("none", ["FAILED"]), ("disk", [])])
 def test_an_unreadable_image_fails_naming_the_file(tmp_path, cache, statuses):
     """Decoding per image meets the file mid-run and marks the run FAILED; the decode cache meets it before
     the run opens, so no run is left behind."""

@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from leukemia.config import group_schemas, typed
+from leukemia.config import Cache, group_schemas, typed
 from leukemia.errors import UserError
 
 from conftest import CONF, compose_config
@@ -108,14 +108,21 @@ def test_the_primary_config_and_the_presets_repeat_no_default():
 
 def test_a_stored_config_is_typed_again_with_new_defaults_and_without_retired_keys():
     stored = OmegaConf.create(OmegaConf.to_container(compose_config("data=lab"), resolve=True, enum_to_str=True))
-    del stored.data.cache  # a key added since the run
+    del stored.trainer.cuda_graphs  # a key added since the run
     stored.data.pipeline = "pil"  # a key dropped since
     again = typed(stored)
-    assert again.data.cache is True and "pipeline" not in again.data
+    assert again.trainer.cuda_graphs is False and "pipeline" not in again.data
     assert OmegaConf.get_type(again.data).__name__ == "LabDataConfig" and again.optim.lr == 0.05
     stored.data.batch_size = "many"
     with pytest.raises(UserError, match="does not fit this version's schema"):
         typed(stored)
+
+
+@pytest.mark.parametrize(("stored_value", "read_as"), [(True, Cache.auto), (False, Cache.none), ("disk", Cache.disk)])
+def test_a_stored_data_cache_of_an_earlier_version_reads_as_its_mode(stored_value, read_as):
+    stored = OmegaConf.create(OmegaConf.to_container(compose_config(), resolve=True, enum_to_str=True))
+    stored.data.cache = stored_value  # true/false before the cache had modes
+    assert typed(stored).data.cache == read_as
 
 
 def test_command_line_overrides_reach_the_typed_fields():

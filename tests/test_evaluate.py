@@ -192,7 +192,7 @@ def test_a_run_without_weights_is_named(tmp_path):
     root = write_lab_layout(tmp_path / "data", {"train": 8, "valid": 4})
     (root / "valid" / "3.bmp").write_bytes(b"BM truncated")  # fails the run in its first validation
     crashed = run_cli(
-        *FAST, f"data.root={root}", "trainer.epochs=1", "run_name=crashed", "data.cache=false", cwd=tmp_path
+        *FAST, f"data.root={root}", "trainer.epochs=1", "run_name=crashed", "data.cache=none", cwd=tmp_path
     )  # decoding per image meets the file mid-run
     assert crashed.returncode == 1
     (failed,) = runs_by_kind(tmp_path, "train")

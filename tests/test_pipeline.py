@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 from torchvision.transforms import functional as TF
 
 from leukemia.data.augmentation import BatchAugmentation
-from leukemia.data.cache import decoded_loader, decoded_split
+from leukemia.data.cache import decoded_loader, decoded_split, epoch_batches, readable_labels
 from leukemia.data.decoding import decoding
 from leukemia.data.feed import build_feed
 from leukemia.data.layouts.lab import read_lab_csv
 from leukemia.data.loading import Batch
+from leukemia.data.resident import ResidentBatches, resident_pixels, room_for
 from leukemia.errors import UserError
 
 from conftest import compose_config, write_lab_layout
@@ -79,24 +81,75 @@ def test_unreadable_files_fail_the_build_or_are_left_out(manifest, tmp_path):
     decoded = decoded_split(manifest, 40, 32, tmp_path / "cache", skip_bad=True)
     assert decoded.readable.tolist() == [True] * 4 + [False] + [True] * 5
     assert len(decoded.skipped) == 1 and "train/4.bmp (image file is truncated" in decoded.skipped[0]
-    batches = list(decoded_loader(decoded, manifest, batch_size=4, shuffle=False, seed=0))
-    assert sum(len(batch.labels) for batch in batches) == 9
+    for where in WHERE:
+        batches = list(cached_batches(decoded, manifest, 4, shuffle=False, seed=0, where=where))
+        assert sum(len(batch.labels) for batch in batches) == 9
+        readable_labels_ = torch.tensor(manifest.labels)[decoded.readable]
+        assert torch.equal(torch.cat([batch.labels for batch in batches]), readable_labels_)
     with pytest.raises(UserError, match=r"train/4.bmp .*found when this split was decoded"):
         decoded_split(manifest, 40, 32, tmp_path / "cache")  # the cache remembers it
 
 
-def test_decoded_loader_shuffles_per_seed_and_keeps_labels_with_their_images(manifest, tmp_path):
+WHERE = ("disk", "device")  # the decode cache read per batch from its file, or resident in memory
+
+
+def cached_batches(decoded, manifest, batch_size, shuffle, seed, where, balanced=False):
+    """The split's batches from the decode cache: read from its file, or gathered where it resides."""
+    labels = readable_labels(decoded, manifest)
+    batches = epoch_batches(labels, batch_size, shuffle, torch.Generator().manual_seed(seed), balanced)
+    if where == "disk":
+        return decoded_loader(decoded, labels, batches)
+    return ResidentBatches(resident_pixels(decoded, manifest.name, torch.device("cpu")), labels, batches)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_cached_batches_shuffle_per_seed_and_keep_labels_with_their_images(manifest, tmp_path, where):
     decoded = decoded_split(manifest, 40, 32, tmp_path / "cache")
-    in_order = next(iter(decoded_loader(decoded, manifest, batch_size=10, shuffle=False, seed=0)))
+    in_order = next(iter(cached_batches(decoded, manifest, 10, shuffle=False, seed=0, where=where)))
     assert torch.equal(in_order.images, torch.from_numpy(np.array(decoded.pixels)))
     assert in_order.labels.tolist() == manifest.labels
-    first = [b.labels.tolist() for b in decoded_loader(decoded, manifest, batch_size=3, shuffle=True, seed=1)]
-    second = [b.labels.tolist() for b in decoded_loader(decoded, manifest, batch_size=3, shuffle=True, seed=1)]
+    first = [b.labels.tolist() for b in cached_batches(decoded, manifest, 3, shuffle=True, seed=1, where=where)]
+    second = [b.labels.tolist() for b in cached_batches(decoded, manifest, 3, shuffle=True, seed=1, where=where)]
     assert first == second and sum(map(len, first)) == 10
-    for batch in decoded_loader(decoded, manifest, batch_size=3, shuffle=True, seed=2):
+    for batch in cached_batches(decoded, manifest, 3, shuffle=True, seed=2, where=where):
         for image, label in zip(batch.images, batch.labels, strict=True):
             row = next(r for r in range(10) if torch.equal(image, torch.from_numpy(np.array(decoded.pixels[r]))))
             assert manifest.labels[row] == label
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_a_resident_split_yields_the_batches_read_from_disk_epoch_after_epoch(manifest, tmp_path, balanced):
+    decoded = decoded_split(manifest, 40, 32, tmp_path / "cache")
+    disk, resident = (cached_batches(decoded, manifest, 3, True, 7, where, balanced) for where in WHERE)
+    assert isinstance(resident, ResidentBatches) and len(resident) == len(disk) == 4
+    for _ in range(3):  # each epoch draws a new order, the same for both
+        for one, other in zip(disk, resident, strict=True):
+            assert torch.equal(one.images, other.images) and torch.equal(one.labels, other.labels)
+
+
+def test_a_split_that_does_not_fit_is_read_from_disk_with_one_line(manifest, tmp_path, monkeypatch, caplog):
+    data_cfg = compose_config("data=lab", "data.crop_size=40", "data.image_size=32", "data.cache=device").data
+    resident = build_feed(manifest, data_cfg, compose_config().augmentation, True, torch.device("cpu"), 5,
+                          tmp_path / "cache")  # fmt: skip
+    assert isinstance(resident.loader, ResidentBatches)
+    assert resident.loader.pixels.shape == (10, 3, 32, 32) and resident.loader.pixels.dtype == torch.uint8
+    monkeypatch.setattr("leukemia.data.resident.RESERVE", 1.0)  # nothing left beside the model
+    with caplog.at_level(logging.INFO, logger="leukemia.data.resident"):
+        fallback = build_feed(manifest, data_cfg, compose_config().augmentation, True, torch.device("cpu"), 5,
+                              tmp_path / "cache")  # fmt: skip
+    assert isinstance(fallback.loader, DataLoader)
+    (line,) = caplog.messages
+    assert "the train split (0.0 GB) does not fit in cpu memory" in line
+    assert "read from the decode cache on disk" in line
+    for one, other in zip(resident.loader, fallback.loader, strict=True):
+        assert torch.equal(resident.prepare(one.images), fallback.prepare(other.images))
+
+
+def test_room_for_a_split_keeps_the_reserve_for_the_model():
+    gb = 10**9
+    assert room_for(3 * gb, free=100 * gb, total=141 * gb)  # C-NMC at 350 px on an H200
+    assert not room_for(3 * gb, free=10 * gb, total=16 * gb)  # 10 free, 8 kept: 2 left
+    assert room_for(2 * gb, free=10 * gb, total=16 * gb)
 
 
 def augmenter(seed=0, **overrides):
@@ -171,7 +224,7 @@ def test_augmentation_draws_follow_the_seed_and_the_probabilities(manifest, tmp_
     assert not torch.equal(same_seed[0], geometric_augmenter(seed=4)(batch[:8], train=True))
 
 
-@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cache", ["disk", "none"])
 def test_training_batches_are_the_same_whatever_the_number_of_workers(manifest, tmp_path, cache):
     def epochs(workers):
         data_cfg = compose_config("data=lab", "data.crop_size=40", "data.image_size=32", "data.batch_size=4",
@@ -218,6 +271,7 @@ def test_the_benchmark_prints_its_table_and_a_json_last_line(tmp_path):
     for key in ("loader_speedup", "model_step_ratio", "seed_loader_images_per_s", "project_loader_images_per_s",
                 "project_step_images_per_s", "torchvision_step_images_per_s", "epoch_images_per_s"):  # fmt: skip
         assert summary[key] > 0, key
+    assert 0 < summary["data_wait_fraction"] < 1
     assert summary["loader_speedup"] == pytest.approx(
         summary["project_loader_images_per_s"] / summary["seed_loader_images_per_s"], rel=0.02
     )
@@ -262,12 +316,39 @@ def test_zoom_on_the_device_matches_torchvision_affine_for_its_draws(manifest):
         assert same > 0.95, (scale, same)
 
 
+@pytest.mark.slow
+def test_the_study_times_every_depth_and_projects_the_course_from_its_epochs(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from leukemia.bench.study import COURSE_EPOCHS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "leukemia.bench", "--study", "--device", "cpu", "--images", "40", "--image-size",
+         "32", "--max-batch", "64", "--workers", "0", "--steps", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    course = "resnet18 120 epochs, resnet50 120 epochs, resnet152 40 epochs"
+    assert summary["projected_for"] == f"{course}; 30 train + 6 valid images at 32 px"  # the lab's share of 40
+    by_depth = summary["epoch_seconds"]
+    for which, key in (("fastest", "study_minutes_projected"), ("batch32", "study_minutes_projected_batch32")):
+        minutes = sum(epochs * by_depth[f"resnet{depth}"][which] for depth, epochs in COURSE_EPOCHS.items()) / 60
+        assert summary[key] == pytest.approx(minutes, abs=0.01)
+    assert set(summary["fastest_batch"].values()) <= {32, 64}
+    assert summary["epoch_to_step_ratio"] > 0 and 0 < summary["data_wait_fraction"] < 1
+    assert sum(line.startswith("resnet") for line in lines) == 6  # each depth at batch 32 and at its fastest
+
+
 def test_the_benchmark_counts_images_per_second_against_a_known_pace():
     """An independent reference for the benchmark's rates: a loader that takes at least 20 ms per batch of 4
     images cannot be measured faster than 200 images/s; the measured rate also counts every image."""
     import time
 
-    from leukemia.bench import images_per_second
+    from leukemia.bench.pipeline import images_per_second
 
     class Paced:
         def __iter__(self):

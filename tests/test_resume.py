@@ -36,10 +36,20 @@ def test_two_runs_with_the_same_config_and_seed_log_identical_metric_histories(r
     assert histories(client, run_id_of(other_seed.stdout))["train_loss"][0] != expected["train_loss"][0]
 
 
+def test_splits_resident_in_memory_give_the_numbers_of_the_cache_read_from_disk(reference, tiny_lab):
+    folder, on_disk = reference  # data.cache=auto: on a CPU, read from disk
+    resident = run_cli(*training_args(tiny_lab), f"trainer.epochs={EPOCHS}", "data.cache=device", cwd=folder)
+    assert resident.returncode == 0, resident.stderr[-3000:]
+    assert "the train split (0.0 GB, 64 images) is resident in cpu memory" in resident.stdout + resident.stderr
+    client = client_for(folder)
+    assert histories(client, run_id_of(resident.stdout)) == histories(client, on_disk)
+
+
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_numbers(reference, tiny_lab):
+    """The killed run keeps its splits in memory; the uninterrupted one read them from disk: the same numbers."""
     folder, uninterrupted = reference
-    output = signal_after(start((*training_args(tiny_lab), f"trainer.epochs={EPOCHS}"), folder),
-                                      signal.SIGKILL)  # fmt: skip
+    output = signal_after(start((*training_args(tiny_lab), f"trainer.epochs={EPOCHS}", "data.cache=device"), folder),
+                          signal.SIGKILL)  # fmt: skip
     killed = run_id_of(output)
     client = client_for(folder)
     assert client.get_run(killed).info.status == "RUNNING"  # SIGKILL leaves no chance to close it

@@ -23,15 +23,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from leukemia.data.decoding import decoding
-from leukemia.data.loading import (
-    Batch,
-    CellImages,
-    SeededSampler,
-    SkippedImage,
-    epoch_order,
-    quiet_worker,
-    worker_context,
-)
+from leukemia.data.loading import Batch, CellImages, SkippedImage, epoch_order, quiet_worker, worker_context
 from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
 
@@ -121,33 +113,46 @@ def decoded_split(
     return DecodedSplit(np.load(pixels_path, mmap_mode="r"), readable, pixels_path, list(skipped.values()))
 
 
-class DecodedImages(torch.utils.data.Dataset):
-    """Whole batches of cached uint8 pixels, indexed by a list of positions among the readable rows and a seed
-    (one memory-mapped read per batch, not one file per image)."""
+def readable_labels(decoded: DecodedSplit, manifest: Manifest) -> torch.Tensor:
+    """The labels of the split's readable rows (-1 where the split is unlabelled)."""
+    labels = np.asarray(manifest.labels if manifest.labels is not None else [-1] * len(manifest))
+    return torch.from_numpy(labels[decoded.readable])
 
-    def __init__(self, decoded: DecodedSplit, manifest: Manifest):
+
+def epoch_batches(labels: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator,
+                  balanced: bool = False) -> BatchSampler:  # fmt: skip
+    """Each epoch's batches of positions among a split's readable rows, each batch in ascending order: shuffled,
+    class-balanced or in order, drawn from ``generator`` (the same draws wherever the pixels are kept)."""
+    order = epoch_order(range(len(labels)), shuffle, generator, balanced, labels)
+    return SortedBatches(order, batch_size, drop_last=False)
+
+
+class SortedBatches(BatchSampler):
+    """A BatchSampler whose batches list their positions in ascending order (rows read front to back)."""
+
+    def __iter__(self):
+        return (sorted(batch) for batch in super().__iter__())
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Whole batches of cached uint8 pixels, indexed by a list of positions among the readable rows (one
+    memory-mapped read per batch, not one file per image)."""
+
+    def __init__(self, decoded: DecodedSplit, labels: torch.Tensor):
         self.pixels = decoded.pixels
         self.rows = np.flatnonzero(decoded.readable)
-        labels = np.asarray(manifest.labels if manifest.labels is not None else [-1] * len(manifest))
-        self.labels = torch.from_numpy(labels[self.rows])
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, batch: tuple[list[int], int]) -> Batch:
-        positions, _ = batch  # the seed: augmentation happens on the device, drawing from its own generator
-        positions = sorted(positions)  # ascending rows read the file front to back
+    def __getitem__(self, positions: list[int]) -> Batch:
         pixels = np.ascontiguousarray(self.pixels[self.rows[positions]])
         return Batch(torch.from_numpy(pixels), self.labels[positions], [])
 
 
-def decoded_loader(
-    decoded: DecodedSplit, manifest: Manifest, batch_size: int, shuffle: bool, seed: int, balanced: bool = False
-) -> DataLoader:
-    """Batches of (uint8 images, labels) from the cache: shuffled, class-balanced or in order, read in the main
-    process (a batch is one memory copy)."""
-    dataset = DecodedImages(decoded, manifest)
-    generator = torch.Generator().manual_seed(seed)
-    order = BatchSampler(epoch_order(dataset, shuffle, generator, balanced, dataset.labels), batch_size, False)
-    return DataLoader(dataset, batch_size=None, sampler=SeededSampler(order, generator),
+def decoded_loader(decoded: DecodedSplit, labels: torch.Tensor, batches: BatchSampler) -> DataLoader:
+    """The split's ``batches`` of (uint8 images, labels) read from the cache on disk in the main process (a batch
+    is one memory copy), pinned for the copy to a GPU."""
+    return DataLoader(DecodedImages(decoded, labels), batch_size=None, sampler=batches,
                       pin_memory=torch.cuda.is_available())  # fmt: skip

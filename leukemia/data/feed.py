@@ -1,36 +1,46 @@
 """The feed: for each split a loader of uint8 batches, and what turns each batch, on the training device, into
 the model's input.
 
-Images are decoded, center-cropped and resized to uint8 once (into the decode cache with ``data.cache=true``,
-else per image in the loader's workers); ``BatchAugmentation`` then augments (training only), converts and
-normalises whole batches where the model runs.
+Images are decoded, center-cropped and resized to uint8 once into the decode cache, then read from it on disk
+or kept in the training device's memory (``data.cache``); or, with ``data.cache=none``, decoded per image in the
+loader's workers in every epoch. ``BatchAugmentation`` then augments (training only), converts and normalises
+whole batches where the model runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader
 
-from leukemia.config import AugmentationConfig, Balance, DataConfig, OnBadImage
+from leukemia.config import AugmentationConfig, Balance, Cache, DataConfig, OnBadImage
 from leukemia.data.augmentation import BatchAugmentation
-from leukemia.data.cache import decoded_loader, decoded_split
+from leukemia.data.cache import DecodedSplit, decoded_loader, decoded_split, epoch_batches, readable_labels
 from leukemia.data.decoding import decoding
-from leukemia.data.loading import make_loader
+from leukemia.data.loading import Batch, make_loader
 from leukemia.data.manifest import Manifest
+from leukemia.data.resident import ResidentBatches, resident_pixels
 
 AUGMENTATION_STREAM = 0x9E3779B97F4A7C15  # a fixed 64-bit constant mixed into the seed (the golden ratio's bits)
 
 
+class Batches(Protocol):
+    """What a feed's ``loader`` is: a DataLoader, or the batches of a split resident on the device."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass
 class Feed:
-    """A split's loader; ``prepare`` turns each batch, once on the device, into the model's input."""
+    """A split's batches (``loader``); ``prepare`` turns each batch, once on the device, into the model's input."""
 
-    loader: DataLoader
+    loader: Batches
     prepare: Callable[[torch.Tensor], torch.Tensor]
     skipped: list[str] = field(default_factory=list)  # unreadable files already left out (decode cache)
     generators: list[torch.Generator] = field(default_factory=list)  # every random draw of the feed comes from these
@@ -63,13 +73,20 @@ def build_feed(
     # the augmentation's draws come from a stream of their own, not a copy of the loader's (same seed, same numbers)
     mean, std = list(data_cfg.mean), list(data_cfg.std)
     augmentation = BatchAugmentation(aug_cfg, mean, std, device, seed ^ AUGMENTATION_STREAM)
-    skipped: list[str] = []
-    if data_cfg.cache:
-        decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
-        skipped = decoded.skipped
-        loader = decoded_loader(decoded, manifest, batch_size, train, seed, balanced)
-    else:
+    prepare = partial(augmentation, train=train)
+    if data_cfg.cache == Cache.none:
         loader = make_loader(manifest, decoding(*sizes), batch_size, data_cfg.num_workers, train, seed, balanced,
                              skip_bad)  # fmt: skip
-    generators = [loader.sampler.generator, augmentation.generator]
-    return Feed(loader, partial(augmentation, train=train), skipped, generators)
+        return Feed(loader, prepare, [], [loader.sampler.generator, augmentation.generator])
+    decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
+    labels, generator = readable_labels(decoded, manifest), torch.Generator().manual_seed(seed)
+    batches = epoch_batches(labels, batch_size, train, generator, balanced)
+    pixels = _resident(decoded, manifest.name, data_cfg.cache, device)
+    loader = decoded_loader(decoded, labels, batches) if pixels is None else ResidentBatches(pixels, labels, batches)
+    return Feed(loader, prepare, decoded.skipped, [generator, augmentation.generator])
+
+
+def _resident(decoded: DecodedSplit, name: str, cache: Cache, device: torch.device) -> torch.Tensor | None:
+    """The split's pixels in the device's memory, where ``data.cache`` asks for it (auto: on CUDA) and they fit."""
+    wanted = cache == Cache.device or (cache == Cache.auto and device.type == "cuda")
+    return resident_pixels(decoded, name, device) if wanted else None

@@ -113,6 +113,6 @@ def evaluate(composed: DictConfig) -> dict[str, float]:
                         "eval.bootstrap": cfg.eval.bootstrap, "data.root": run_cfg.data.root,
                         "test.source": test.source, "test.images": len(test), "weights": source.label})  # fmt: skip
         acceleration = Acceleration.for_device(cfg.trainer, device)
-        runnable = acceleration.model(model, device, compile_model=False)
+        runnable = acceleration.model(model, device, compile_mode=None)
         evaluator = Evaluator(run_cfg, runnable, model, device, acceleration, run)
         return evaluator.test(test, evaluator.calibrate(splits.valid))

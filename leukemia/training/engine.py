@@ -4,14 +4,16 @@ log-probabilities."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+from leukemia.data.loading import Batch
 
 
 @dataclass
@@ -20,10 +22,40 @@ class EpochResult:
     targets: np.ndarray
     predictions: np.ndarray
     skipped: list[str] = field(default_factory=list)  # unreadable files left out (data.on_bad_image=skip)
+    seconds: float = 0.0  # the pass, wall clock, until its last result reached the host
+    waiting: float = 0.0  # of which the loop waited for its next batch
 
     @property
     def accuracy(self) -> float:
         return float((self.targets == self.predictions).mean()) if len(self.targets) else 0.0
+
+    @property
+    def timing(self) -> dict[str, float]:
+        """Images per second over the whole pass, and the share of it spent waiting for data."""
+        seconds = max(self.seconds, 1e-9)
+        return {"images_per_s": len(self.targets) / seconds, "data_wait_fraction": self.waiting / seconds}
+
+
+class Waited:
+    """Iterates ``batches``, adding the time spent in each ``next`` to ``seconds``: what the loop waits for its
+    data (decoding, reading, a host-to-device copy in a loader's process; an index gather queued on the device)."""
+
+    def __init__(self, batches: Iterable[Batch]):
+        self.batches, self.seconds = batches, 0.0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        started = time.perf_counter()
+        iterator = iter(self.batches)  # a loader's workers start here
+        while True:
+            batch = next(iterator, None)
+            self.seconds += time.perf_counter() - started
+            if batch is None:
+                return
+            yield batch
+            started = time.perf_counter()
 
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
@@ -51,7 +83,7 @@ def model_input(images: torch.Tensor, device: torch.device, prepare: Prepare | N
 
 def run_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Batch],
     criterion: nn.Module,
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
@@ -62,16 +94,18 @@ def run_epoch(
     channels_last: bool = False,
     stop: Callable[[], bool] | None = None,
 ) -> EpochResult:
-    """Train on the loader when given an optimizer, else evaluate; returns mean loss and all predictions (a
-    training batch of one image is left out, see MIN_TRAINING_BATCH).
+    """Train on the loader's batches when given an optimizer, else evaluate; returns mean loss, all predictions
+    and the pass's timing (a training batch of one image is left out, see MIN_TRAINING_BATCH).
     ``prepare`` turns each batch, once on the device, into the model's input (the feed's ``prepare``); ``amp``
     runs the forward pass under bf16 autocast and ``channels_last`` feeds NHWC batches (CUDA); ``stop`` is
-    called after every batch and raises to end the pass."""
+    called after every batch and raises to end the pass. Targets and predictions stay on the device until the
+    end, so the loop waits for the device once per batch (the loss, checked before the step)."""
     training = optimizer is not None
     model.train(training)
-    total_loss, seen = 0.0, 0
+    started, total_loss, seen = time.perf_counter(), 0.0, 0
     targets, predictions, skipped = [], [], []
-    bar = tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch")
+    batches = Waited(loader)
+    bar = tqdm(batches, desc=description, leave=False, disable=not progress, unit="batch")
     with torch.set_grad_enabled(training):
         for number, batch in enumerate(bar, start=1):
             skipped += batch.skipped
@@ -93,12 +127,15 @@ def run_epoch(
                 stop()  # raises KeyboardInterrupt when a stop was asked for
             total_loss += batch_loss * len(labels)
             seen += len(labels)
-            targets.append(labels.cpu())
-            predictions.append(logits.argmax(dim=1).cpu())
+            targets.append(labels)
+            predictions.append(logits.argmax(dim=1))
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
     if not seen:
-        return EpochResult(float("nan"), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), skipped)
-    return EpochResult(total_loss / seen, torch.cat(targets).numpy(), torch.cat(predictions).numpy(), skipped)
+        empty = np.empty(0, dtype=np.int64)
+        return EpochResult(float("nan"), empty, empty, skipped, time.perf_counter() - started, batches.seconds)
+    targets_, predictions_ = torch.cat(targets).cpu().numpy(), torch.cat(predictions).cpu().numpy()
+    return EpochResult(total_loss / seen, targets_, predictions_, skipped, time.perf_counter() - started,
+                       batches.seconds)  # fmt: skip
 
 
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both
@@ -119,7 +156,7 @@ class Predictions:
 @torch.inference_mode()
 def predict(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Batch],
     device: torch.device,
     flips: bool = False,
     description: str = "",

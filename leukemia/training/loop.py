@@ -23,7 +23,7 @@ from leukemia.models import build_model
 from leukemia.training.checkpoint import random_states, restore_random_states, save_checkpoint
 from leukemia.training.engine import NonFiniteLoss, run_epoch
 from leukemia.training.optim import build_optimizer, build_scheduler
-from leukemia.training.runtime import Acceleration
+from leukemia.training.runtime import Acceleration, compile_mode
 from leukemia.training.stopping import StopRequest
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], improved: bo
         f"epoch {epoch}/{epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f} | "
         f"val loss {metrics['val_loss']:.4f} acc {metrics['val_accuracy']:.4f} "
         f"bal {metrics['val_balanced_accuracy']:.4f} f1w {metrics['val_f1_weighted']:.4f} "
-        f"normal {metrics['val_accuracy_normal']:.4f}{'  *best' if improved else ''}"
+        f"normal {metrics['val_accuracy_normal']:.4f} | {metrics['train_images_per_s']:.0f} img/s, data wait "
+        f"{metrics['data_wait_fraction']:.0%}{'  *best' if improved else ''}"
     )
 
 
@@ -131,7 +132,7 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.model = build_model(cfg.model.depth, cfg.model.num_classes, cfg.model.weights)
         self.acceleration = Acceleration.for_device(cfg.trainer, device)
-        self.runnable = self.acceleration.model(self.model, device, cfg.trainer.compile)
+        self.runnable = self.acceleration.model(self.model, device, compile_mode(cfg.trainer, device))
         self.train_feed, self.val_feed = build_feeds(cfg, splits, device)
         self.criterion, self.balance_params = training_criterion(cfg, splits)
         self.eval_criterion = nn.CrossEntropyLoss()  # unweighted, so val_loss compares across data.balance settings
@@ -187,6 +188,8 @@ class Trainer:
         val_metrics = {f"val_{k}": v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
         val_metrics["val_loss"] = validated.loss
         metrics = {"train_loss": trained.loss, "train_accuracy": trained.accuracy, "lr": lr} | val_metrics
+        timing = trained.timing
+        metrics |= {"train_images_per_s": timing["images_per_s"], "data_wait_fraction": timing["data_wait_fraction"]}
         return metrics, matrix, trained.skipped + validated.skipped
 
     def fit(self, progress: Progress, checkpoint: Path, run_id: str, stop: StopRequest, log_epoch: EpochLogger) -> None:
@@ -207,6 +210,8 @@ class Trainer:
             raise _out_of_memory(self.cfg) from error
 
 
+# What each training epoch logs of its speed: these differ from run to run, where every other metric repeats.
+TIMING_METRICS = ("train_images_per_s", "data_wait_fraction")
 EpochLogger = Callable[..., None]  # called with an epoch's metrics and step=<epoch>, as MLflow's log_metrics
 
 

@@ -55,8 +55,16 @@ class Acceleration:
         """The engine's keyword arguments for this setting."""
         return {"amp": self.amp, "channels_last": self.channels_last}
 
-    def model(self, model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
-        """``model`` moved (in place) to the device and layout; compiled if asked (keep ``model`` itself for
-        its state_dict: a compiled module prefixes every key)."""
+    def model(self, model: torch.nn.Module, device: torch.device, compile_mode: str | None) -> torch.nn.Module:
+        """``model`` moved (in place) to the device and layout; compiled in ``compile_mode`` if given (keep
+        ``model`` itself for its state_dict: a compiled module prefixes every key)."""
         model = model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        return torch.compile(model) if compile_model else model
+        return torch.compile(model, mode=compile_mode) if compile_mode else model
+
+
+def compile_mode(trainer_cfg: TrainerConfig, device: torch.device) -> str | None:
+    """torch.compile's mode for training: ``reduce-overhead`` (CUDA graphs) with ``trainer.cuda_graphs`` on CUDA,
+    ``default`` with ``trainer.compile``; None: not compiled."""
+    if trainer_cfg.cuda_graphs and device.type == "cuda":
+        return "reduce-overhead"
+    return "default" if trainer_cfg.compile else None
