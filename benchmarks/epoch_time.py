@@ -2,15 +2,14 @@
 
     python benchmarks/epoch_time.py [data.image_size=64] [data.batch_size=32] ...
 
-Prints one line per depth: training-epoch seconds and images per second (median of --repeats epochs after one
-warm-up epoch), plus the validation pass. Numbers depend on the machine: compare them as ratios within a run.
+Prints one line per depth: training-epoch seconds, images per second and the share of the epoch spent waiting for
+data (the epoch of median time of --repeats epochs after one warm-up epoch), plus the validation pass. Numbers
+depend on the machine: compare them as ratios within a run.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -21,17 +20,15 @@ from torch import nn
 from leukemia.config import Config, register_configs
 from leukemia.data.layouts import load_splits
 from leukemia.models import build_model
-from leukemia.training.engine import run_epoch
+from leukemia.training.engine import EpochResult, run_epoch
 from leukemia.training.loop import build_feeds
 from leukemia.training.optim import build_optimizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def timed_epoch(*args, **kwargs) -> float:
-    start = time.perf_counter()
-    run_epoch(*args, progress=False, **kwargs)
-    return time.perf_counter() - start
+def timed_epoch(*args, **kwargs) -> EpochResult:
+    return run_epoch(*args, progress=False, **kwargs)
 
 
 def main() -> None:
@@ -57,14 +54,16 @@ def main() -> None:
         model = build_model(depth, cfg.model.num_classes).to(device)
         optimizer = build_optimizer(cfg.optim, model.parameters())
         timed_epoch(model, train_feed.loader, criterion, device, optimizer, prepare=train_feed.prepare)  # warm-up
-        train_s = statistics.median(
-            timed_epoch(model, train_feed.loader, criterion, device, optimizer, prepare=train_feed.prepare)
-            for _ in range(args.repeats)
-        )
-        val_s = timed_epoch(model, val_feed.loader, criterion, device, prepare=val_feed.prepare)
+        epochs = sorted(
+            (timed_epoch(model, train_feed.loader, criterion, device, optimizer, prepare=train_feed.prepare)
+             for _ in range(args.repeats)), key=lambda epoch: epoch.seconds
+        )  # fmt: skip
+        train = epochs[len(epochs) // 2]
+        val = timed_epoch(model, val_feed.loader, criterion, device, prepare=val_feed.prepare)
         print(
-            f"resnet{depth:<4d} train epoch {train_s:7.1f} s ({len(splits.train) / train_s:6.1f} img/s)   "
-            f"valid {val_s:6.1f} s ({len(splits.valid) / val_s:6.1f} img/s)"
+            f"resnet{depth:<4d} train epoch {train.seconds:7.1f} s ({train.timing['images_per_s']:6.1f} img/s, "
+            f"data wait {train.timing['data_wait_fraction']:.1%})   valid {val.seconds:6.1f} s "
+            f"({val.timing['images_per_s']:6.1f} img/s)"
         )
 
 

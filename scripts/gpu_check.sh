@@ -7,7 +7,7 @@
 #   3. scale-out: three joblib sweep jobs sharing the GPU, on one sqlite store (and the sweep's own run);
 #   4. the logged model: task=predict on the GPU (its rate, Grad-CAM overlays), and on the training run the GPU's
 #      system metrics and the evaluation (temperature, threshold, ECE, intervals, Grad-CAM figure);
-#   5. ResNet18's epoch with torch.compile and with CUDA graphs (a quarter-size study), against none.
+#   5. ResNet18's epoch at batch 32 with torch.compile and with CUDA graphs (a quarter-size study), against none.
 #
 #   usage: scripts/gpu_check.sh [OUTPUT_DIR]       (from the repository root, with the package importable)
 # DEVICE=cpu IMAGES=16 BATCH=8 SIZE=64 DEPTHS=18 EPOCHS=1 STUDY_IMAGES=40 MAX_BATCH=64 COMPILE_TRY= tries the
@@ -121,9 +121,9 @@ cd "$repo" || exit 1
 quarter=$(( study_images / 4 ))
 for mode in none $compile_try; do
   [ "$mode" = none ] && [ -z "$compile_try" ] && break
-  step "5. ResNet18's study epoch, compile $mode ($quarter cells)"
+  step "5. ResNet18's study epoch at batch 32, compile $mode ($quarter cells)"
   "$py" -m leukemia.bench --study --depths 18 --device "$device" --images "$quarter" --image-size "$size" \
-    --max-batch "$max_batch" --workers "$(nproc)" --compile "$mode" 2>&1 | tee "$out/study_compile_$mode.txt" || status=1
+    --max-batch 32 --workers "$(nproc)" --compile "$mode" 2>&1 | tee "$out/study_compile_$mode.txt" || status=1
 done
 rm -rf "$work"
 echo; echo "gpu_check: $([ $status = 0 ] && echo all passed || echo SOME CHECK FAILED)"

@@ -65,7 +65,7 @@ def test_every_epoch_logs_its_pace_and_the_share_spent_waiting_for_data(trained)
     # 64 training images an epoch: their training took 64 / rate seconds, less than passed between two epochs' logs
     for before, rate in zip(rates, rates[1:], strict=False):
         assert 0 < 64 / rate.value < (rate.timestamp - before.timestamp) / 1000
-    assert f"{rates[0].value:.0f} img/s, data wait {waits[0].value:.0%}" in result.stdout + result.stderr
+    assert f"{rates[0].value:.0f} img/s, data wait {waits[0].value:.1%}" in result.stdout + result.stderr
 
 
 def test_training_learns_a_separable_set(trained):

@@ -43,6 +43,8 @@ def test_splits_resident_in_memory_give_the_numbers_of_the_cache_read_from_disk(
     assert "the train split (0.0 GB, 64 images) is resident in cpu memory" in resident.stdout + resident.stderr
     client = client_for(folder)
     assert histories(client, run_id_of(resident.stdout)) == histories(client, on_disk)
+    assert client.get_run(run_id_of(resident.stdout)).data.tags["data_from"] == "device"
+    assert client.get_run(on_disk).data.tags["data_from"] == "disk"
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_numbers(reference, tiny_lab):

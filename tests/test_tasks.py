@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from leukemia.config import Device, Monitor
 from leukemia.errors import UserError
 from leukemia.tasks.context import default_run_name
 from leukemia.training.loop import BestEpoch
-from leukemia.training.runtime import resolve_device
+from leukemia.training.runtime import compile_mode, resolve_device
 
 from conftest import compose_config
 
@@ -42,6 +43,17 @@ def test_asking_for_cuda_without_a_gpu_is_a_user_error():
     with pytest.raises(UserError, match="trainer.device=cuda but no CUDA device"):
         resolve_device(Device.cuda)
     assert resolve_device(Device.auto) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "device", "mode"),
+    [((), "cuda", None), (("trainer.compile=true",), "cpu", "default"), (("trainer.cuda_graphs=true",), "cuda",
+     "reduce-overhead"), (("trainer.cuda_graphs=true",), "cpu", None),
+     (("trainer.compile=true", "trainer.cuda_graphs=true"), "cpu", "default")],
+)  # fmt: skip
+def test_cuda_graphs_compile_in_reduce_overhead_mode_on_cuda_only(overrides, device, mode):
+    trainer = OmegaConf.to_object(compose_config(*overrides)).trainer
+    assert compile_mode(trainer, torch.device(device)) == mode
 
 
 def test_run_name_reads_model_optimizer_and_learning_rate():

@@ -75,11 +75,12 @@ def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 def interleaved_step_rates(steps: dict[str, Callable[[], None]], batch_size: int, repeats: int,
                            device: torch.device) -> dict[str, float]:  # fmt: skip
-    """Images per second of each named step, timed in turns (A, B, A, B, …) after one warm-up each, so that
-    a noisy machine slows both alike; the median step time counts."""
+    """Images per second of each named step, timed in turns after one warm-up each, the order reversed every
+    other round (A, B, B, A, A, B, …), so that a noisy machine, or whatever one step leaves the next, slows both
+    alike; the median step time counts."""
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats + 1):
-        for name, step in steps.items():
+    for round_ in range(repeats + 1):
+        for name, step in list(steps.items())[:: -1 if round_ % 2 else 1]:
             start = time.perf_counter()
             step()
             synchronize(device)

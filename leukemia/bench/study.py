@@ -104,15 +104,15 @@ def step_rates(study: Study, model: nn.Module, sample: Feed) -> dict[int, float]
         images = images.contiguous(memory_format=torch.channels_last)
     rates, batch = {}, COURSE_BATCH
     while batch <= max(study.args.max_batch, COURSE_BATCH):
-        rows = torch.arange(batch, device=study.device) % len(images)
-        step = training_step(model, images[rows], labels[rows], study.acceleration)
+        rows = torch.arange(batch, device=study.device) % len(images)  # the sample repeated to the batch size
         try:
-            rates[batch] = interleaved_step_rates({"step": step}, batch, study.args.steps, study.device)["step"]
+            step = {"step": training_step(model, images[rows], labels[rows], study.acceleration)}
+            rates[batch] = interleaved_step_rates(step, batch, study.args.steps, study.device)["step"]
         except torch.cuda.OutOfMemoryError:
             print(f"  batch {batch}: out of memory")
             break
         finally:
-            del step
+            step = {}  # the batch, its optimizer and activations freed before the next
             if study.device.type == "cuda":
                 torch.cuda.empty_cache()
         batch *= 2
@@ -142,6 +142,9 @@ def time_depth(study: Study, depth: int, feeds: dict[int, tuple[Feed, Feed]]) ->
     fastest = max(rates, key=rates.get)
     timed = {}
     for name, batch in (("batch32", COURSE_BATCH), ("fastest", fastest)):
+        if batch == COURSE_BATCH and timed:  # batch 32 was the fastest: timed once
+            timed[name] = timed["batch32"]
+            continue
         if batch not in feeds:
             feeds[batch] = study.feeds(batch)
         timed[name] = Timed(batch, rates[batch], *timed_epochs(study, model, feeds[batch]))

@@ -42,6 +42,7 @@ class Feed:
 
     loader: Batches
     prepare: Callable[[torch.Tensor], torch.Tensor]
+    where: str  # where the pixels come from: "device" (resident), "disk" (the decode cache's file) or "files"
     skipped: list[str] = field(default_factory=list)  # unreadable files already left out (decode cache)
     generators: list[torch.Generator] = field(default_factory=list)  # every random draw of the feed comes from these
 
@@ -77,13 +78,16 @@ def build_feed(
     if data_cfg.cache == Cache.none:
         loader = make_loader(manifest, decoding(*sizes), batch_size, data_cfg.num_workers, train, seed, balanced,
                              skip_bad)  # fmt: skip
-        return Feed(loader, prepare, [], [loader.sampler.generator, augmentation.generator])
+        return Feed(loader, prepare, "files", [], [loader.sampler.generator, augmentation.generator])
     decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
     labels, generator = readable_labels(decoded, manifest), torch.Generator().manual_seed(seed)
     batches = epoch_batches(labels, batch_size, train, generator, balanced)
     pixels = _resident(decoded, manifest.name, data_cfg.cache, device)
-    loader = decoded_loader(decoded, labels, batches) if pixels is None else ResidentBatches(pixels, labels, batches)
-    return Feed(loader, prepare, decoded.skipped, [generator, augmentation.generator])
+    if pixels is None:
+        return Feed(decoded_loader(decoded, labels, batches), prepare, "disk", decoded.skipped,
+                    [generator, augmentation.generator])  # fmt: skip
+    return Feed(ResidentBatches(pixels, labels, batches), prepare, "device", decoded.skipped,
+                [generator, augmentation.generator])  # fmt: skip
 
 
 def _resident(decoded: DecodedSplit, name: str, cache: Cache, device: torch.device) -> torch.Tensor | None:

@@ -8,7 +8,7 @@ import logging
 import multiprocessing
 import random
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -134,7 +134,7 @@ def balanced_sampler(labels: torch.Tensor, generator: torch.Generator) -> Weight
     return WeightedRandomSampler(weights.double(), len(labels), replacement=True, generator=generator)
 
 
-def epoch_order(dataset: Dataset, shuffle: bool, generator: torch.Generator, balanced: bool, labels) -> Sampler:
+def epoch_order(dataset: Sized, shuffle: bool, generator: torch.Generator, balanced: bool, labels) -> Sampler:
     """Each epoch's order of the dataset's items: class-balanced draws, a shuffle, or as listed."""
     if balanced:
         return balanced_sampler(torch.as_tensor(labels), generator)

@@ -196,8 +196,10 @@ def train(composed: DictConfig, stop: StopRequest) -> float:
         run_name, tags = launch_context(cfg)
         if resumed:
             run_name, tags["resumed_after_epoch"] = resumed.run.name, str(resumed.epoch)
-        log.info("%s on %s: %d train / %d valid images, device %s",
-                 run_name, cfg.data.name, len(splits.train), len(splits.valid), trainer.device)  # fmt: skip
+        tags["data_from"] = trainer.train_feed.where  # data.cache as it turned out: device, disk or files
+        log.info("%s on %s: %d train / %d valid images, device %s, training data from %s",
+                 run_name, cfg.data.name, len(splits.train), len(splits.valid), trainer.device,
+                 trainer.train_feed.where)  # fmt: skip
         track, reopen = cfg.tracking, resumed.run.id if resumed else None
         with tracked_run(track, run_name, tags, parent_run_id=sweep_run_id(), reopen_run_id=reopen) as run:
             checkpoint = resumed.checkpoint if resumed else output_dir() / "checkpoints" / run.id / CHECKPOINT_NAME

@@ -120,7 +120,7 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], improved: bo
         f"val loss {metrics['val_loss']:.4f} acc {metrics['val_accuracy']:.4f} "
         f"bal {metrics['val_balanced_accuracy']:.4f} f1w {metrics['val_f1_weighted']:.4f} "
         f"normal {metrics['val_accuracy_normal']:.4f} | {metrics['train_images_per_s']:.0f} img/s, data wait "
-        f"{metrics['data_wait_fraction']:.0%}{'  *best' if improved else ''}"
+        f"{metrics['data_wait_fraction']:.1%}{'  *best' if improved else ''}"
     )
 
 
