@@ -207,7 +207,7 @@ class Trainer:
                 log_epoch(metrics, step=epoch)
                 log.info(_epoch_line(epoch, self.cfg.trainer.epochs, metrics, improved))
         except torch.cuda.OutOfMemoryError as error:
-            raise _out_of_memory(self.cfg) from error
+            raise _out_of_memory(self.cfg, self.train_feed.where == "device") from error
 
 
 # What each training epoch logs of its speed: these differ from run to run, where every other metric repeats.
@@ -215,9 +215,10 @@ TIMING_METRICS = ("train_images_per_s", "data_wait_fraction")
 EpochLogger = Callable[..., None]  # called with an epoch's metrics and step=<epoch>, as MLflow's log_metrics
 
 
-def _out_of_memory(cfg: Config) -> UserError:
+def _out_of_memory(cfg: Config, resident: bool) -> UserError:
     size = cfg.data.batch_size
+    also = ", or data.cache=disk to keep the data out of the GPU's memory" if resident else ""
     return UserError(
         f"CUDA ran out of memory with data.batch_size={size} ({cfg.model.name}, {cfg.data.image_size} px); "
-        f"try data.batch_size={max(1, size // 2)}"
+        f"try data.batch_size={max(1, size // 2)}{also}"
     )
