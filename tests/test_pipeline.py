@@ -84,8 +84,8 @@ def test_unreadable_files_fail_the_build_or_are_left_out(manifest, tmp_path):
     for where in WHERE:
         batches = list(cached_batches(decoded, manifest, 4, shuffle=False, seed=0, where=where))
         assert sum(len(batch.labels) for batch in batches) == 9
-        readable_labels_ = torch.tensor(manifest.labels)[decoded.readable]
-        assert torch.equal(torch.cat([batch.labels for batch in batches]), readable_labels_)
+        expected = torch.tensor(manifest.labels)[decoded.readable]
+        assert torch.equal(torch.cat([batch.labels for batch in batches]), expected)
     with pytest.raises(UserError, match=r"train/4.bmp .*found when this split was decoded"):
         decoded_split(manifest, 40, 32, tmp_path / "cache")  # the cache remembers it
 

@@ -83,11 +83,9 @@ def build_feed(
     labels, generator = readable_labels(decoded, manifest), torch.Generator().manual_seed(seed)
     batches = epoch_batches(labels, batch_size, train, generator, balanced)
     pixels = _resident(decoded, manifest.name, data_cfg.cache, device)
-    if pixels is None:
-        return Feed(decoded_loader(decoded, labels, batches), prepare, "disk", decoded.skipped,
-                    [generator, augmentation.generator])  # fmt: skip
-    return Feed(ResidentBatches(pixels, labels, batches), prepare, "device", decoded.skipped,
-                [generator, augmentation.generator])  # fmt: skip
+    loader, where = ((decoded_loader(decoded, labels, batches), "disk") if pixels is None
+                     else (ResidentBatches(pixels, labels, batches), "device"))  # fmt: skip
+    return Feed(loader, prepare, where, decoded.skipped, [generator, augmentation.generator])
 
 
 def _resident(decoded: DecodedSplit, name: str, cache: Cache, device: torch.device) -> torch.Tensor | None:
