@@ -24,7 +24,7 @@ from leukemia.training.engine import EpochResult, run_epoch
 from leukemia.training.loop import build_feeds
 from leukemia.training.optim import build_optimizer
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "leukemia" / "conf"
 
 
 def timed_epoch(*args, **kwargs) -> EpochResult:

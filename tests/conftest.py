@@ -20,7 +20,7 @@ from leukemia.config import register_configs
 from leukemia.training.loop import TIMING_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "leukemia" / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 register_configs()

@@ -67,7 +67,14 @@ def test_at_most_six_modules_sit_directly_in_the_package():
         "tracking",
         "tasks",
         "bench",
+        "conf",
     }
+
+
+def test_every_folder_of_the_package_is_a_package():
+    """What ``pip install .`` builds holds only packages: a folder without ``__init__.py`` is left out."""
+    folders = [path for path in [PACKAGE, *PACKAGE.rglob("*")] if path.is_dir() and path.name != "__pycache__"]
+    assert [str(folder) for folder in folders if not (folder / "__init__.py").is_file()] == []
 
 
 def functions():

@@ -1,6 +1,3 @@
-import shutil
-from pathlib import Path
-
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
@@ -10,7 +7,7 @@ from omegaconf.errors import ValidationError
 from leukemia.config import Cache, group_schemas, typed
 from leukemia.errors import UserError
 
-from conftest import CONF, compose_config
+from conftest import CONF, REPO, compose_config
 
 GROUPS = ["model", "optim", "scheduler", "augmentation", "data", "experiment", "hparams_search"]
 PRESETS = ("experiment", "hparams_search")  # groups that set keys of other groups, with no node of their own
@@ -155,16 +152,19 @@ def test_unknown_keys_fail_at_composition(override):
         compose_config(*override.split())
 
 
-def test_a_local_config_sets_the_lab_root_for_this_machine(tmp_path):
-    conf = tmp_path / "conf"
-    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
-    (conf / "local").mkdir()
-    (conf / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  lab_root: /data/cnmc-lab\n")
-    assert compose_config("data=lab", config_dir=conf).data.root == "/data/cnmc-lab"
-    assert compose_config("experiment=lab3_resnet50", config_dir=conf).data.root == "/data/cnmc-lab"
-    assert compose_config("data=lab", "data.root=/elsewhere", config_dir=conf).data.root == "/elsewhere"
+def test_a_local_config_in_the_launch_folder_sets_the_lab_root_for_this_machine(tmp_path, monkeypatch):
+    (tmp_path / "conf" / "local").mkdir(parents=True)
+    (tmp_path / "conf" / "local" / "default.yaml").write_text(
+        "# @package _global_\npaths:\n  lab_root: /data/cnmc-lab\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert compose_config("data=lab").data.root == "/data/cnmc-lab"
+    assert compose_config("experiment=lab3_resnet50").data.root == "/data/cnmc-lab"
+    assert compose_config("data=lab", "data.root=/elsewhere").data.root == "/elsewhere"
+    monkeypatch.chdir(tmp_path / "conf")  # launched elsewhere: the schema's default
+    assert compose_config("data=lab").data.root == "data/lab"
 
 
 def test_local_config_is_git_ignored():
-    ignored = (Path(CONF).parent / ".gitignore").read_text().splitlines()
+    ignored = (REPO / ".gitignore").read_text().splitlines()
     assert "conf/local/" in ignored
