@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +20,13 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from leukemia.config import register_configs
+from leukemia.__main__ import cli
+from leukemia.data.loading import kill_leftover_workers
 from leukemia.training.loop import TIMING_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "leukemia" / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-register_configs()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -158,8 +161,36 @@ def runs_of(folder: Path, kind: str | None = None) -> tuple[MlflowClient, list]:
     ]
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python run.py ARGS`` in ``cwd`` (where mlflow.db, mlruns/ and outputs/ land)."""
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` in ``cwd`` (where mlflow.db, mlruns/ and outputs/ land), run in this process: the
+    command line's entry with its arguments, working folder, output and exit status, without the seconds a new
+    interpreter spends importing torch and mlflow. What a process of its own proves (signals, the interpreter's
+    exit code, loader workers at exit, warnings as a user sees them) is tested with ``run_cli_process``."""
+    stdout, stderr, argv, folder = io.StringIO(), io.StringIO(), sys.argv, Path.cwd()
+    sys.argv, code = [str(REPO / "run.py"), *args], 0
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                cli()
+            except SystemExit as exit:  # as the interpreter reports it: a message goes to stderr, with status 1
+                code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+            except Exception:  # an uncaught error: its traceback and status 1, as a process would end
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        os.chdir(folder)
+        kill_leftover_workers()  # as the process's exit would
+        gc.unfreeze()  # the entry freezes what it loaded, for a process about to end
+        gc.collect()  # its loaders go now
+    return subprocess.CompletedProcess([sys.executable, "run.py", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def run_cli_process(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` in ``cwd`` as a process of its own."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, str(REPO / "run.py"), *args],

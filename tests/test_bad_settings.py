@@ -6,7 +6,7 @@ from dataclasses import fields
 import pytest
 from hydra.errors import HydraException
 
-from leukemia.cli import composition_error
+from leukemia.__main__ import composition_error
 from leukemia.config import GROUPS, Config, check_config, group_schemas
 from leukemia.errors import UserError
 
@@ -35,7 +35,6 @@ INVALID = {
     "augmentation.rotation_degrees": ("", "augmentation.rotation_degrees=200"),
     "augmentation.hflip_p": ("", "augmentation.hflip_p=1.5"),
     "augmentation.vflip_p": ("", "augmentation.vflip_p=-0.1"),
-    "augmentation.random_order": ("", "augmentation.random_order=sometimes"),
     "augmentation.scale_jitter": ("", "augmentation.scale_jitter=1.0"),
     "augmentation.brightness": ("", "augmentation.brightness=2"),
     "augmentation.contrast": ("", "augmentation.contrast=-1"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -15,11 +15,13 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from PIL import Image
 from torchvision import transforms
 
 from leukemia.data.new_cells import read_new_cells
 from leukemia.errors import UserError
+from leukemia.evaluation.decision import Decision
 from leukemia.models import build_model
 from leukemia.tracking.cell_model import Preprocessing, log_cell_model
 from leukemia.tracking.registry import model_uri
@@ -43,9 +45,14 @@ def logged(tmp_path_factory):
     network = build_model(18).eval()
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     example = file_bytes(Image.fromarray(separable_cell(np.random.default_rng(0), 40, 1)), "PNG")
-    with mlflow.start_run(experiment_id=mlflow.create_experiment("cells", str(folder / "mlruns"))) as run:
-        uri = log_cell_model(network.state_dict(), SPEC, example)
-    return network, uri, run.info.run_id
+    run_id = new_run("cells", folder)
+    return network, log_cell_model(MlflowClient(), run_id, network.state_dict(), SPEC, example), run_id
+
+
+def new_run(experiment: str, folder) -> str:
+    """A run of a new experiment (artifacts under ``folder``) in the store mlflow.set_tracking_uri named."""
+    client = MlflowClient()
+    return client.create_run(client.create_experiment(experiment, str(folder / "mlruns"))).info.run_id
 
 
 def reference_probabilities(network: torch.nn.Module, images: list[Image.Image], temperature=1.0) -> np.ndarray:
@@ -92,7 +99,12 @@ def test_the_model_records_its_preprocessing_signature_and_example(logged):
     assert info.signature.inputs.input_names() == ["image"]
     assert [spec.name for spec in info.signature.outputs] == ["probability_all", "label"]
     folder = Path(mlflow.artifacts.download_artifacts(uri))
-    assert json.loads((folder / "artifacts" / "preprocessing.json").read_text()) == asdict(SPEC)
+    stored = json.loads((folder / "artifacts" / "preprocessing.json").read_text())
+    assert stored == {"depth": 18, "num_classes": 2, "crop_size": 36, "image_size": 32, "mean": [0.5, 0.4, 0.3],
+                      "std": [0.2, 0.25, 0.3], "temperature": 1.0, "threshold": 0.5}  # fmt: skip
+    assert Preprocessing.from_json(json.dumps(stored)) == SPEC
+    older = {key: value for key, value in stored.items() if key not in ("temperature", "threshold")}
+    assert Preprocessing.from_json(json.dumps(older)).decision == Decision(1.0, 0.5)
     assert (folder / "code" / "leukemia" / "models.py").is_file()  # the model carries the code that built it
 
 
@@ -101,9 +113,9 @@ def test_the_model_applies_its_temperature_and_threshold(logged, tmp_path):
     rng = np.random.default_rng(2)
     images = [Image.fromarray(separable_cell(rng, 40, k % 2)) for k in range(8)]
     frame = pd.DataFrame({"image": [base64.b64encode(file_bytes(image, "PNG")).decode() for image in images]})
-    spec = Preprocessing(**(asdict(SPEC) | {"temperature": 3.0, "threshold": 0.4}))
-    with mlflow.start_run(experiment_id=mlflow.create_experiment("calibrated", str(tmp_path / "mlruns"))):
-        uri = log_cell_model(network.state_dict(), spec, file_bytes(images[0], "PNG"))
+    spec = replace(SPEC, decision=Decision(temperature=3.0, threshold=0.4))
+    run_id = new_run("calibrated", tmp_path)
+    uri = log_cell_model(MlflowClient(), run_id, network.state_dict(), spec, file_bytes(images[0], "PNG"))
     out = mlflow.pyfunc.load_model(uri).predict(frame)
     expected = reference_probabilities(network, images, temperature=3.0)
     np.testing.assert_allclose(out["probability_all"], expected, atol=1e-5)

@@ -4,7 +4,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from leukemia.config import Cache, group_schemas, typed
+from leukemia.__main__ import local_search_path
+from leukemia.config import group_schemas, typed
+from leukemia.data.schema import Cache
 from leukemia.errors import UserError
 
 from conftest import CONF, REPO, compose_config
@@ -106,9 +108,11 @@ def test_the_primary_config_and_the_presets_repeat_no_default():
 def test_a_stored_config_is_typed_again_with_new_defaults_and_without_retired_keys():
     stored = OmegaConf.create(OmegaConf.to_container(compose_config("data=lab"), resolve=True, enum_to_str=True))
     del stored.trainer.cuda_graphs  # a key added since the run
-    stored.data.pipeline = "pil"  # a key dropped since
+    stored.data.pipeline = "pil"  # keys dropped since
+    stored.augmentation.random_order = True
     again = typed(stored)
     assert again.trainer.cuda_graphs is False and "pipeline" not in again.data
+    assert "random_order" not in again.augmentation and again.augmentation.rotation_degrees == 20
     assert OmegaConf.get_type(again.data).__name__ == "LabDataConfig" and again.optim.lr == 0.05
     stored.data.batch_size = "many"
     with pytest.raises(UserError, match="does not fit this version's schema"):
@@ -146,8 +150,12 @@ def test_wrong_types_fail_at_composition(override, culprit):
         compose_config(override)
 
 
-@pytest.mark.parametrize("override", ["optim.lrr=0.1", "optim.momentum=0.5 optim=adam", "model.dropout=0.1"])
+@pytest.mark.parametrize(
+    "override",
+    ["optim.lrr=0.1", "optim.momentum=0.5 optim=adam", "model.dropout=0.1", "augmentation.random_order=true"],
+)
 def test_unknown_keys_fail_at_composition(override):
+    """A key the schemas do not know (or no longer know, as ``augmentation.random_order``) fails."""
     with pytest.raises(ConfigCompositionException):
         compose_config(*override.split())
 
@@ -158,10 +166,11 @@ def test_a_local_config_in_the_launch_folder_sets_the_lab_root_for_this_machine(
         "# @package _global_\npaths:\n  lab_root: /data/cnmc-lab\n"
     )
     monkeypatch.chdir(tmp_path)
-    assert compose_config("data=lab").data.root == "/data/cnmc-lab"
-    assert compose_config("experiment=lab3_resnet50").data.root == "/data/cnmc-lab"
-    assert compose_config("data=lab", "data.root=/elsewhere").data.root == "/elsewhere"
+    assert compose_config("data=lab", *local_search_path()).data.root == "/data/cnmc-lab"
+    assert compose_config("experiment=lab3_resnet50", *local_search_path()).data.root == "/data/cnmc-lab"
+    assert compose_config("data=lab", "data.root=/elsewhere", *local_search_path()).data.root == "/elsewhere"
     monkeypatch.chdir(tmp_path / "conf")  # launched elsewhere: the schema's default
+    assert local_search_path() == []
     assert compose_config("data=lab").data.root == "data/lab"
 
 

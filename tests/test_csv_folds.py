@@ -168,7 +168,7 @@ def test_a_fold_sweep_tags_its_runs_and_plot_reports_the_mean_over_folds(tmp_pat
     assert table["val_accuracy_std"][0] == pytest.approx(np.std(finals, ddof=1))
     assert table["val_accuracy_min"][0] == pytest.approx(min(finals))
     assert "±" in (folder / "cv_summary.md").read_text()
-    reports = [r for r in client.search_runs([runs[0].info.experiment_id]) if r.data.tags.get("kind") == "report"]
+    reports = [r for r in client.search_runs([runs[0].info.experiment_id]) if r.data.tags.get("kind") == "plot"]
     assert reports[0].data.metrics["cv_val_accuracy_mean"] == pytest.approx(np.mean(finals))
 
 

@@ -238,12 +238,12 @@ def test_a_demo_run_diagnoses_subjects_at_a_balanced_threshold_with_subject_inte
     assert gradcam.size == (1000, 560)  # two classes, four panels each
 
 
-def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_report_run(tiny_lab, tmp_path):
+def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_plot_run(tiny_lab, tmp_path):
     sweep = run_cli("-m", *FAST, f"data.root={tiny_lab}", "trainer.epochs=2", "optim.lr=0.01,0.001", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     result = run_cli("task=plot", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    (report,) = runs_by_kind(tmp_path, "report")
+    (report,) = runs_by_kind(tmp_path, "plot")
     trained = runs_by_kind(tmp_path, "train")
     assert report.info.status == "FINISHED" and set(report.data.tags["compared_runs"].split()) == {
         run.info.run_id for run in trained
@@ -251,8 +251,8 @@ def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_report_run(tiny_
     folder = output_dir_of(report)
     for name in ("comparison_accuracy.png", "comparison_loss.png", "confusion_matrices.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    listed = {item.path for item in client_for(tmp_path).list_artifacts(report.info.run_id, "report")}
-    assert {"report/comparison_accuracy.png", "report/summary.csv", "report/summary.md"} <= listed
+    listed = {item.path for item in client_for(tmp_path).list_artifacts(report.info.run_id, "plot")}
+    assert {"plot/comparison_accuracy.png", "plot/summary.csv", "plot/summary.md"} <= listed
     table = pd.read_csv(folder / "summary.csv")
     assert sorted(table.run_id) == sorted(run.info.run_id for run in trained)
     assert sorted(table["optim.lr"]) == [0.001, 0.01]
@@ -263,7 +263,7 @@ def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_report_run(tiny_
     assert markdown[0].startswith("| run | run_id |") and len(markdown) == 4
     chosen = run_cli("task=plot", f"plot.runs=[{trained[0].info.run_id}]", cwd=tmp_path)
     assert chosen.returncode == 0, chosen.stderr[-3000:]
-    assert len(runs_by_kind(tmp_path, "report")) == 2
+    assert len(runs_by_kind(tmp_path, "plot")) == 2
 
 
 def test_plot_without_a_sweep_says_what_to_do(tmp_path):

@@ -13,12 +13,13 @@ from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
 from leukemia.evaluation.bootstrap import CELLS, SUBJECTS, bootstrap_intervals, scores
 from leukemia.evaluation.calibration import (
+    balanced_threshold,
     brier,
-    calibrated,
+    fit_decision,
     fit_temperature,
     reliability,
 )
-from leukemia.evaluation.decision import balanced_threshold, labels_at, operating_threshold
+from leukemia.evaluation.decision import Decision, labels_at, log_probabilities
 from leukemia.evaluation.explain import grad_cam, overlay, showcase
 from leukemia.evaluation.subjects import subject_metrics, subject_table
 from leukemia.models import build_model
@@ -120,7 +121,8 @@ def test_calibrated_probabilities_are_the_softmax_of_the_scaled_logits():
     logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-4.0, 5.0], [60.0, -20.0]])
     for temperature in (0.5, 1.0, 3.0, 20.0):
         expected = (logits / temperature).softmax(dim=1).numpy()
-        assert calibrated(logits.log_softmax(dim=1).numpy(), temperature) == pytest.approx(expected, abs=1e-6)
+        calibrated = Decision(temperature).probabilities(logits.log_softmax(dim=1).numpy())
+        assert calibrated == pytest.approx(expected, abs=1e-6)
 
 
 def overconfident(count: int, seed: int, sharpness: float = 4.0):
@@ -139,11 +141,23 @@ def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
     temperature = fit_temperature(validation, validation_targets)
     assert temperature == pytest.approx(4.0, rel=0.15)
     before = reliability(np.exp(test), test_targets).ece
-    after = reliability(calibrated(test, temperature), test_targets).ece
+    calibrated = Decision(temperature).probabilities(test)
+    after = reliability(calibrated, test_targets).ece
     assert before > 0.1 and after < before / 3
-    assert brier(calibrated(test, temperature), test_targets) < brier(np.exp(test), test_targets)
+    assert brier(calibrated, test_targets) < brier(np.exp(test), test_targets)
     # Dividing the logits keeps their sign: the labels at 0.5 stay as they were.
-    assert (calibrated(test, temperature).argmax(axis=1) == test.argmax(axis=1)).all()
+    assert (calibrated.argmax(axis=1) == test.argmax(axis=1)).all()
+
+
+def test_flip_augmentation_averages_the_softmax_of_the_four_flipped_views():
+    torch.manual_seed(0)
+    network = build_model(18, 2).eval()
+    inputs = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        views = [inputs, inputs.flip(-1), inputs.flip(-2), inputs.flip(-2).flip(-1)]
+        mean = torch.stack([network(view).softmax(dim=1) for view in views]).mean(dim=0)
+        assert log_probabilities(network, inputs, flips=True).exp() == pytest.approx(mean, abs=1e-6)
+        assert log_probabilities(network, inputs).exp() == pytest.approx(network(inputs).softmax(dim=1), abs=1e-6)
 
 
 # The operating point
@@ -170,10 +184,18 @@ def test_a_skewed_model_gets_a_threshold_below_one_half():
     probability = np.array([0.05, 0.1, 0.15, 0.25, 0.3, 0.45])
     targets = np.array([0, 0, 0, 1, 1, 1])
     assert balanced_threshold(probability, targets) == 0.25
-    assert operating_threshold("balanced", probability, targets) == 0.25
-    assert operating_threshold("0.7", probability, targets) == 0.7
     with pytest.raises(UserError, match="eval.threshold=balanced"):
         balanced_threshold(probability, np.ones(6, dtype=int))
+
+
+def test_the_decision_fits_the_temperature_then_the_threshold_on_the_calibrated_probabilities():
+    log_probabilities, targets = overconfident(400, seed=3)
+    temperature = fit_temperature(log_probabilities, targets)
+    assert fit_decision(log_probabilities, targets, "0.7") == Decision(temperature, 0.7)
+    balanced = fit_decision(log_probabilities, targets, "balanced")
+    assert balanced.temperature == temperature
+    assert balanced.threshold == balanced_threshold(Decision(temperature).probability_all(log_probabilities), targets)
+    assert balanced.threshold != balanced_threshold(np.exp(log_probabilities[:, 1]), targets)
 
 
 # Bootstrap intervals
@@ -290,7 +312,7 @@ def test_showcase_picks_the_most_confident_correct_and_wrong_cell_of_each_class(
 
 
 def test_the_summary_shows_each_interval_and_which_differences_are_noise():
-    from leukemia.tasks.report import markdown, with_intervals
+    from leukemia.tasks.plot import markdown, with_intervals
 
     table = pd.DataFrame({
         "run": ["a", "b", "c"],

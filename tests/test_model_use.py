@@ -276,7 +276,7 @@ def test_a_sweep_crowns_its_best_version_which_plot_names_predict_uses_and_a_ser
     report = run_cli("task=plot", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     assert crowned in report.stdout + report.stderr
-    (reported,) = runs_of(tmp_path, kind="report")[1]
+    (reported,) = runs_of(tmp_path, kind="plot")[1]
     summary = pd.read_csv(Path(reported.data.tags["output_dir"]) / "summary.csv").set_index("run_id")
     assert summary.loc[best.info.run_id, "registered"] == f"swept/{champion.version} @champion"
     output = tmp_path / "scored.csv"

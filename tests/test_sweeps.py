@@ -17,8 +17,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from leukemia.config import TrackingConfig
 from leukemia.tracking.runs import tracked_run
+from leukemia.tracking.schema import TrackingConfig
 from leukemia.tracking.store import LOCK_PAUSES_S
 
 from conftest import FAST, compose_config, free_port, run_cli, runs_of, signal_after, start

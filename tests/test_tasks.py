@@ -3,11 +3,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from leukemia.config import Device, Monitor
 from leukemia.errors import UserError
 from leukemia.tasks.context import default_run_name
 from leukemia.training.loop import BestEpoch
 from leukemia.training.runtime import compile_mode, resolve_device
+from leukemia.training.schema import Device, Monitor
 
 from conftest import compose_config
 

@@ -7,9 +7,9 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from leukemia.config import TrackingConfig
 from leukemia.errors import UserError, file_system_error
 from leukemia.tracking.runs import flatten, tracked_run
+from leukemia.tracking.schema import TrackingConfig
 
 
 def open_run(folder, name):

@@ -13,25 +13,6 @@ from torchvision import transforms
 from leukemia.data.decoding import pad_to_square
 
 
-def torchvision_augmentation(aug_cfg) -> transforms.Compose | None:
-    """The ``augmentation`` group as torchvision transforms per PIL image, or None when it asks for none."""
-    steps: list = []
-    if aug_cfg.scale_jitter > 0:  # rotation and zoom as one affine transform (nearest, black fill)
-        zoom = (1 - aug_cfg.scale_jitter, 1 + aug_cfg.scale_jitter)
-        steps.append(transforms.RandomAffine(aug_cfg.rotation_degrees, scale=zoom))
-    elif aug_cfg.rotation_degrees > 0:
-        steps.append(transforms.RandomRotation(aug_cfg.rotation_degrees))
-    if aug_cfg.hflip_p > 0:
-        steps.append(transforms.RandomHorizontalFlip(aug_cfg.hflip_p))
-    if aug_cfg.vflip_p > 0:
-        steps.append(transforms.RandomVerticalFlip(aug_cfg.vflip_p))
-    geometric = transforms.RandomOrder(steps) if aug_cfg.random_order else transforms.Compose(steps)
-    if not (aug_cfg.brightness > 0 or aug_cfg.contrast > 0 or aug_cfg.saturation > 0):
-        return geometric if steps else None
-    colour = transforms.ColorJitter(aug_cfg.brightness, aug_cfg.contrast, aug_cfg.saturation)
-    return transforms.Compose([geometric, colour] if steps else [colour])
-
-
 def preprocessing(
     crop_size: int | None,
     image_size: int,

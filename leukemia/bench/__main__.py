@@ -6,7 +6,7 @@ import argparse
 
 from leukemia.bench.pipeline import pipeline
 from leukemia.bench.study import CNMC_CELLS, COURSE_BATCH, COURSE_EPOCHS, study
-from leukemia.config import Cache
+from leukemia.data.schema import Cache
 
 PIPELINE_IMAGES = 256
 

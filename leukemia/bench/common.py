@@ -13,15 +13,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from leukemia.config import AugmentationConfig
 from leukemia.data.layouts.demo import BASE_STAIN, render_cell
 from leukemia.data.manifest import Manifest
+from leukemia.data.schema import AugmentationConfig
 from leukemia.training.runtime import Acceleration
 
 SOURCE_SIZE = 450  # C-NMC cells
 CROP = 350
 # The lab recipe's augmentation (the seed-style baseline applies it per image, the feed on whole batches)
-LAB_AUGMENTATION = AugmentationConfig(name="lab", rotation_degrees=20, hflip_p=0.5, vflip_p=0.5, random_order=True)
+LAB_AUGMENTATION = AugmentationConfig(name="lab", rotation_degrees=20, hflip_p=0.5, vflip_p=0.5)
 
 
 def _write_cell(numbered: tuple[int, Path]) -> None:

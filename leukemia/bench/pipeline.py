@@ -35,13 +35,14 @@ from leukemia.bench.common import (
     training_step,
     write_cells,
 )
-from leukemia.config import DataConfig, TrainerConfig
 from leukemia.data.feed import Feed, build_feed
 from leukemia.data.loading import CellImages, make_loader
 from leukemia.data.manifest import Manifest
+from leukemia.data.schema import DataConfig
 from leukemia.models import build_model
 from leukemia.training.engine import EpochResult, run_epoch
 from leukemia.training.runtime import Acceleration
+from leukemia.training.schema import TrainerConfig
 
 
 def seed_style_loader(manifest: Manifest, image_size: int, batch_size: int, workers: int) -> DataLoader:

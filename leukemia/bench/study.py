@@ -30,12 +30,13 @@ from leukemia.bench.common import (
     training_step,
     write_cells,
 )
-from leukemia.config import Cache, DataConfig, TrainerConfig
 from leukemia.data.feed import Feed, build_feed
 from leukemia.data.manifest import Manifest
+from leukemia.data.schema import Cache, DataConfig
 from leukemia.models import build_model
 from leukemia.training.engine import EpochResult, run_epoch
 from leukemia.training.runtime import Acceleration
+from leukemia.training.schema import TrainerConfig
 
 COURSE_EPOCHS = {18: 120, 50: 120, 152: 40}
 COURSE_BATCH = 32

@@ -9,8 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from leukemia.config import AugmentationConfig
 from leukemia.data.decoding import Normalisation
+from leukemia.data.schema import AugmentationConfig
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # luma weights as torchvision's rgb_to_grayscale uses them
 
@@ -22,8 +22,7 @@ class BatchAugmentation:
     seeded generator.
 
     Rotations and flips are applied in one fixed order; as the angles are symmetric around 0 (a flip turns a
-    rotation by a into one by -a), that gives the same distribution as torchvision's random order
-    (``augmentation.random_order``).
+    rotation by a into one by -a), that gives the same distribution as the lab recipe's torchvision RandomOrder.
     """
 
     def __init__(self, aug_cfg: AugmentationConfig, mean: list[float], std: list[float], device: torch.device,

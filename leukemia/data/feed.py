@@ -17,13 +17,13 @@ from typing import Protocol
 
 import torch
 
-from leukemia.config import AugmentationConfig, Balance, Cache, DataConfig, OnBadImage
 from leukemia.data.augmentation import BatchAugmentation
 from leukemia.data.cache import DecodedSplit, decoded_loader, decoded_split, epoch_batches, readable_labels
 from leukemia.data.decoding import decoding
 from leukemia.data.loading import Batch, make_loader
 from leukemia.data.manifest import Manifest
 from leukemia.data.resident import ResidentBatches, resident_pixels
+from leukemia.data.schema import AugmentationConfig, Balance, Cache, DataConfig, OnBadImage
 
 AUGMENTATION_STREAM = 0x9E3779B97F4A7C15  # a fixed 64-bit constant mixed into the seed (the golden ratio's bits)
 
@@ -78,7 +78,8 @@ def build_feed(
     if data_cfg.cache == Cache.none:
         loader = make_loader(manifest, decoding(*sizes), batch_size, data_cfg.num_workers, train, seed, balanced,
                              skip_bad)  # fmt: skip
-        return Feed(loader, prepare, "files", [], [loader.sampler.generator, augmentation.generator])
+        order = getattr(loader.sampler, "generator", None)  # none when the split is read in order
+        return Feed(loader, prepare, "files", [], [g for g in (order, augmentation.generator) if g is not None])
     decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
     labels, generator = readable_labels(decoded, manifest), torch.Generator().manual_seed(seed)
     batches = epoch_batches(labels, batch_size, train, generator, balanced)

@@ -4,13 +4,12 @@ or left out), the samplers and the loaders the feed wraps. It reads whatever ``M
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import multiprocessing
-import random
 import signal
-from collections.abc import Iterator, Sequence, Sized
-from contextlib import contextmanager
-from typing import Any, NamedTuple
+from collections.abc import Sequence, Sized
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,8 +24,9 @@ from torch.utils.data import (
 )
 
 from leukemia.data.decoding import UNREADABLE, decoding, read_image
-from leukemia.data.manifest import CLASS_NAMES, Manifest
+from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
+from leukemia.names import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -53,43 +53,9 @@ def collate(items: list) -> Batch:
     return Batch(images, labels, skipped)
 
 
-class SeededSampler(Sampler):
-    """Each item of ``order`` (an index, or a batch's list of indices) with a seed, drawn here in the main
-    process from ``generator``, for a per-image random transform (the benchmark's seed-style baseline, the tests'
-    torchvision references; the feed's own augmentation draws on the device). Such draws then depend neither on
-    ``num_workers`` nor on the workers' random states, and the generator's state at an epoch's end is all a
-    checkpoint needs to continue the same order."""
-
-    def __init__(self, order: Sampler, generator: torch.Generator):
-        self.order = order
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __iter__(self) -> Iterator[tuple[Any, int]]:
-        for item in self.order:
-            yield item, int(torch.randint(2**31, (), generator=self.generator))
-
-
-@contextmanager
-def seeded_random_state(seed: int) -> Iterator[None]:
-    """Torch's CPU and Python's random state set to ``seed`` inside, restored after: torchvision's transforms
-    draw from those global states (``RandomOrder`` from Python's)."""
-    python_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-
-
 class CellImages(Dataset):
     """Decodes a manifest's images as RGB; a file that is not a decodable image (or is truncated) stops the
-    run with its name, or with ``skip_bad`` is left out and reported in the batch. Indexed by ``(index, seed)``
-    (see ``SeededSampler``), a random transform draws from that seed."""
+    run with its name, or with ``skip_bad`` is left out and reported in the batch."""
 
     def __init__(self, manifest: Manifest, transform, skip_bad: bool = False):
         self.manifest = manifest
@@ -99,8 +65,7 @@ class CellImages(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int] | SkippedImage:
-        index, seed = item if isinstance(item, tuple) else (item, None)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SkippedImage:
         path = self.manifest.paths[index]
         try:
             rgb = read_image(path)
@@ -112,10 +77,7 @@ class CellImages(Dataset):
                 f"or set data.on_bad_image=skip to leave such files out"
             ) from error
         label = self.manifest.labels[index] if self.manifest.labels is not None else -1
-        if seed is None:
-            return self.transform(rgb), label
-        with seeded_random_state(seed):
-            return self.transform(rgb), label
+        return self.transform(rgb), label
 
 
 def class_weights(manifest: Manifest) -> torch.Tensor:
@@ -149,21 +111,30 @@ def quiet_worker(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-@atexit.register
-def _kill_leftover_workers() -> None:
-    """At exit, loader workers still alive are killed. They outlive their run when it ended in an exception
-    (whose traceback keeps the loaders referenced), and they ignore SIGTERM, which multiprocessing's own exit
-    handler (registered earlier, so run after this one) sends them before waiting for them to end."""
+def kill_leftover_workers() -> None:
+    """Loader workers still alive are killed (at exit: see ``_at_exit_kill_leftover_workers``). They outlive
+    their run when it ended in an exception (whose traceback keeps the loaders referenced, and whose workers may
+    hang on results never read), and they ignore SIGTERM, which multiprocessing's own exit handler (registered
+    earlier, so run after this one) sends them before waiting for them to end."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report each as a failed worker
     for child in multiprocessing.active_children():
         if child.daemon:
             child.kill()
 
 
+@functools.cache
+def _at_exit_kill_leftover_workers() -> None:
+    """Registered once, when the first loader with workers is made (and after multiprocessing's own handler)."""
+    atexit.register(kill_leftover_workers)
+
+
 def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | None:
     """The platform's standard way to start loader workers. Needed where a job itself runs in a joblib (loky)
     worker, whose default context cannot start them."""
-    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]) if num_workers > 0 else None
+    if num_workers == 0:
+        return None
+    _at_exit_kill_leftover_workers()
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
 
 
 def make_loader(
@@ -178,13 +149,13 @@ def make_loader(
 ) -> DataLoader:
     """Batches of (images, labels, skipped): shuffled, or in order. ``balanced`` draws each epoch's images with
     replacement, each class equally often on average (``data.balance=sampler``), instead of shuffling. The order
-    and every augmentation draw come from one generator seeded with ``seed``."""
+    comes from a generator seeded with ``seed`` (the feed augments whole batches on the device, with its own)."""
     dataset = CellImages(manifest, transform, skip_bad)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=SeededSampler(epoch_order(dataset, shuffle, generator, balanced, manifest.labels), generator),
+        sampler=epoch_order(dataset, shuffle, generator, balanced, manifest.labels),
         num_workers=num_workers,
         multiprocessing_context=worker_context(num_workers),
         worker_init_fn=quiet_worker,

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from leukemia.errors import UserError
+from leukemia.names import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES = ("normal", "all")  # label 0 = normal (C-NMC "hem"), label 1 = ALL blast
 # The files a folder of cells is read for (the other files in it, a README or a CSV, are not images)
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SHOWN = 3  # how many culprits a message names

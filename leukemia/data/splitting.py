@@ -7,8 +7,9 @@ from collections import Counter
 
 import numpy as np
 
-from leukemia.data.manifest import CLASS_NAMES, Manifest
+from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
+from leukemia.names import CLASS_NAMES
 
 
 def split_by_subject(pool: Manifest, val_fraction: float, seed: int) -> tuple[Manifest, Manifest]:

@@ -1,13 +1,26 @@
-"""The operating point: the probability of ALL at or above which a cell, or a subject, is called ALL."""
+"""The decision: a network's log-probabilities (averaged over flips with test-time augmentation), calibrated by
+a temperature, labelled at a threshold. The one implementation that the evaluation, task=predict and the served
+model share. Plain numpy and torch: the logged model loads it without scikit-learn."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
-from sklearn.metrics import roc_curve
+import torch
+from torch import nn
 
-from leukemia.errors import UserError
+FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both
 
-BALANCED = "balanced"  # eval.threshold=balanced: chosen on validation
+
+def log_probabilities(network: nn.Module, inputs: torch.Tensor, flips: bool = False) -> torch.Tensor:
+    """Class log-probabilities (N, classes) of normalised ``inputs``, in float32. With ``flips`` the softmax is
+    averaged over the four flip combinations (test-time augmentation: cells have no orientation), in log space;
+    a log-softmax stays exact where a softmax rounds to 0 or 1, so a temperature can rescale it."""
+    views = [inputs.flip(dims) if dims else inputs for dims in (FLIPS if flips else FLIPS[:1])]
+    logs = torch.stack([network(view).float().log_softmax(dim=1) for view in views])
+    return logs.logsumexp(dim=0) - math.log(len(views))  # the log of the mean softmax
 
 
 def labels_at(probability_all: np.ndarray, threshold: float) -> np.ndarray:
@@ -15,20 +28,26 @@ def labels_at(probability_all: np.ndarray, threshold: float) -> np.ndarray:
     return (np.asarray(probability_all) >= threshold).astype(np.int64)
 
 
-def balanced_threshold(probability_all: np.ndarray, targets: np.ndarray) -> float:
-    """The threshold that maximises balanced accuracy on these (validation) cells: the ROC point with the
-    largest true-positive minus false-positive rate, a validation probability itself; among equals, the one
-    nearest 0.5."""
-    if len(np.unique(targets)) < 2:
-        raise UserError("eval.threshold=balanced: the validation split holds one class only; set a number "
-                        "(eval.threshold=0.5)")  # fmt: skip
-    false_positive, true_positive, thresholds = roc_curve(targets, probability_all, drop_intermediate=False)
-    finite = np.isfinite(thresholds)
-    youden = np.where(finite, true_positive - false_positive, -np.inf)
-    best = np.flatnonzero(youden == youden.max())
-    return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
+@dataclass(frozen=True)
+class Decision:
+    """What validation fixed: the temperature the logits are divided by (calibrated probabilities) and the
+    probability of ALL at or above which a cell, or a subject by its mean, is called ALL."""
 
+    temperature: float = 1.0
+    threshold: float = 0.5
 
-def operating_threshold(setting: str, probability_all: np.ndarray, targets: np.ndarray) -> float:
-    """``eval.threshold``: a number as it is, or ``balanced`` chosen on the given validation cells."""
-    return balanced_threshold(probability_all, targets) if setting == BALANCED else float(setting)
+    def probabilities(self, log_probabilities: np.ndarray) -> np.ndarray:
+        """Calibrated (N, classes) probabilities: the softmax as if the logits had been divided by the
+        temperature (log-probabilities are the logits less a constant per row, which the softmax ignores)."""
+        logits = np.asarray(log_probabilities, dtype=np.float64) / self.temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        scaled = np.exp(logits)
+        return scaled / scaled.sum(axis=1, keepdims=True)
+
+    def probability_all(self, log_probabilities: np.ndarray) -> np.ndarray:
+        """The calibrated probability of ALL (class 1) per cell."""
+        return self.probabilities(log_probabilities)[:, 1]
+
+    def labels(self, probability_all: np.ndarray) -> np.ndarray:
+        """Each cell's (or subject's) label at the threshold."""
+        return labels_at(probability_all, self.threshold)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
@@ -29,6 +31,17 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
     """A heat map (H, W in [0, 1]) over an RGB uint8 image (H, W, 3), in the jet colour map: uint8 (H, W, 3)."""
     colours = colormaps["jet"](heat)[..., :3] * 255.0
     return np.clip((1 - alpha) * image.astype(np.float64) + alpha * colours, 0, 255).astype(np.uint8)
+
+
+def explained(
+    network: nn.Module, pixels: torch.Tensor, normalise: Callable[[torch.Tensor], torch.Tensor], classes: np.ndarray
+) -> np.ndarray:
+    """Grad-CAM overlays (N, H, W, 3 uint8) of uint8 images ``pixels`` (N, 3, H, W), each for its class in
+    ``classes``; ``normalise`` turns the images on the network's device into its input."""
+    device = next(network.parameters()).device
+    heat = grad_cam(network, normalise(pixels.to(device)), torch.as_tensor(classes, device=device))
+    images = pixels.permute(0, 2, 3, 1).numpy()
+    return np.stack([overlay(image, heat[k]) for k, image in enumerate(images)])
 
 
 def showcase(probability_all: np.ndarray, targets: np.ndarray, predicted: np.ndarray) -> dict[tuple[int, str], int]:

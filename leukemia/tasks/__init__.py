@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from leukemia.config import Task, check_config
 from leukemia.errors import UserError, file_system_error
 from leukemia.tasks.context import in_sweep, output_dir
-from leukemia.tracking.sweep import record_job_failure
+from leukemia.tracking.sweep_folder import record_job_failure
 from leukemia.training.stopping import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ def dispatch(cfg: DictConfig, stop: StopRequest) -> Any:
     # Imported here, once the config has passed its checks: a bad setting is reported before mlflow and the
     # training stack load (seconds on a small machine).
     from leukemia.tasks.evaluate import evaluate
+    from leukemia.tasks.plot import plot
     from leukemia.tasks.predict import predict
-    from leukemia.tasks.report import plot
     from leukemia.tasks.train import train
     from leukemia.tracking.store import prepare_store
 

@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from leukemia.config import Config, Task
-from leukemia.tracking.sweep import sweep_run_of
+from leukemia.tracking.sweep_folder import sweep_run_of
 
 
 def in_sweep() -> bool:
@@ -42,9 +42,6 @@ def _git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-RUN_KINDS = {Task.train: "train", Task.eval: "eval", Task.plot: "report", Task.predict: "predict"}  # "kind" tag
-
-
 def sweep_run_id() -> str | None:
     """In a sweep, the id of the sweep's own MLflow run, which its jobs' runs nest under."""
     return sweep_run_of(Path(HydraConfig.get().sweep.dir)) if in_sweep() else None
@@ -70,7 +67,7 @@ def override_key(override: str) -> str:
 def launch_context(cfg: Config) -> tuple[str, dict[str, str]]:
     """Run name and tags, from Hydra's runtime when launched through run.py."""
     task = Task(cfg.task)
-    tags = {"model": cfg.model.name, "data": cfg.data.name, "task": task.value, "kind": RUN_KINDS[task]}
+    tags = {"model": cfg.model.name, "data": cfg.data.name, "task": task.value, "kind": task.value}  # or "sweep"
     commit = _git_commit()
     if commit:
         tags["git_commit"] = commit

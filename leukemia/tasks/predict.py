@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +22,18 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from leukemia.config import Config, OnBadImage
+from leukemia.config import Config
 from leukemia.data.decoding import decoding, read_image
 from leukemia.data.loading import make_loader
 from leukemia.data.manifest import Manifest
 from leukemia.data.new_cells import read_new_cells
+from leukemia.data.schema import OnBadImage
 from leukemia.errors import UserError
-from leukemia.evaluation.explain import grad_cam, overlay
+from leukemia.evaluation.decision import Decision
+from leukemia.evaluation.explain import explained
 from leukemia.evaluation.subjects import subject_table
 from leukemia.tasks.context import launch_context, output_dir, sweep_job_number, sweep_run_id
-from leukemia.tracking.cell_model import BATCH, CellModel, table
+from leukemia.tracking.cell_model import BATCH, CellModel, outputs
 from leukemia.tracking.registry import load
 from leukemia.tracking.runs import tracked_run
 from leukemia.training.runtime import resolve_device
@@ -40,19 +43,20 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.csv"
 
 
-def score(model: CellModel, cells: Manifest, cfg: Config, threshold: float) -> tuple[pd.DataFrame, list[str]]:
-    """The model's output for each readable image (in order), and the unreadable ones left out under
-    ``data.on_bad_image=skip`` (otherwise the first stops the run, named)."""
+def score(model: CellModel, cells: Manifest, cfg: Config, decision: Decision) -> tuple[pd.DataFrame, list[str]]:
+    """The model's output at ``decision`` for each readable image (in order), and the unreadable ones left out
+    under ``data.on_bad_image=skip`` (otherwise the first stops the run, named)."""
     skip = OnBadImage(cfg.data.on_bad_image) == OnBadImage.skip
     spec = model.spec
     loader = make_loader(cells, decoding(spec.crop_size, spec.image_size), cfg.data.batch_size * cfg.eval.batch_factor,
                          cfg.data.num_workers, shuffle=False, seed=cfg.seed, skip_bad=skip)  # fmt: skip
-    probabilities, skipped = [], []
+    log_probabilities, skipped = [], []
     for batch in tqdm(loader, desc="predict", leave=False, disable=not cfg.trainer.progress, unit="batch"):
         skipped += batch.skipped
         if len(batch.labels):
-            probabilities.append(model.probabilities(batch.images))
-    scored = table(np.concatenate(probabilities) if probabilities else np.empty((0, spec.num_classes)), threshold)
+            log_probabilities.append(model.log_probabilities(batch.images))
+    scored = outputs(decision, np.concatenate(log_probabilities) if log_probabilities else
+                     np.empty((0, spec.num_classes)))  # fmt: skip
     kept = [i for i, path in enumerate(cells.paths) if not any(note.startswith(f"{path} (") for note in skipped)]
     names = cells.identifiers()
     rows = pd.concat([pd.DataFrame({"path": [names[i] for i in kept]}), scored], axis=1)
@@ -69,11 +73,10 @@ def explain(model: CellModel, cells: Manifest, rows: pd.DataFrame, folder: Path)
     for start in range(0, len(rows), BATCH):
         chunk = rows.iloc[start : start + BATCH]
         pixels = torch.stack([model.pixels(read_image(paths[name])) for name in chunk["path"]])
-        labels = torch.as_tensor(chunk["label"].to_numpy(), device=model.device)
-        heat = grad_cam(model.network, model.normalise(pixels.to(model.device)), labels)
-        for k, (name, image) in enumerate(zip(chunk["path"], pixels.permute(0, 2, 3, 1).numpy(), strict=True)):
+        overlays = explained(model.network, pixels, model.normalise, chunk["label"].to_numpy())
+        for k, (name, overlaid) in enumerate(zip(chunk["path"], overlays, strict=True)):
             names.append(f"{start + k:05d}_{Path(name).stem}.png")
-            Image.fromarray(overlay(image, heat[k])).save(folder / names[-1])
+            Image.fromarray(overlaid).save(folder / names[-1])
     return names
 
 
@@ -119,10 +122,12 @@ def predict(composed: DictConfig) -> dict[str, float]:
                  model.device, run.link)  # fmt: skip
         run.log_params({"predict.model": cfg.predict.model, "predict.input": cfg.predict.input,
                         "predict.output": str(output), "model_uri": uri, "image_count": len(cells)})  # fmt: skip
-        threshold = model.spec.threshold if cfg.predict.threshold is None else cfg.predict.threshold
-        run.log_params({"threshold": threshold, "temperature": model.spec.temperature})
+        decision = model.spec.decision
+        if cfg.predict.threshold is not None:
+            decision = replace(decision, threshold=cfg.predict.threshold)
+        run.log_params({"threshold": decision.threshold, "temperature": decision.temperature})
         started = time.perf_counter()
-        predictions, skipped = score(model, cells, cfg, threshold)
+        predictions, skipped = score(model, cells, cfg, decision)
         rate = len(cells) / (time.perf_counter() - started)
         if cfg.predict.explain:
             predictions["gradcam"] = explain(model, cells, predictions, beside(output, "_gradcam"))
@@ -130,7 +135,7 @@ def predict(composed: DictConfig) -> dict[str, float]:
         predictions.to_csv(output, index=False)
         run.log_artifact(output)
         if "subject" in predictions:
-            _diagnose(predictions, threshold, beside(output, "_subjects.csv"))
+            _diagnose(predictions, decision.threshold, beside(output, "_subjects.csv"))
             run.log_artifact(beside(output, "_subjects.csv"))
         run.log_metrics({"images_scored": len(predictions), "images_skipped": len(skipped), "images_per_s": rate})
         if skipped:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukemia.config import Task
 from leukemia.errors import UserError
-from leukemia.tasks.context import RUN_KINDS, command_line_overrides, override_key
+from leukemia.tasks.context import command_line_overrides, override_key
 from leukemia.tracking.runs import Run
 from leukemia.tracking.store import RunRecord, Store
 from leukemia.training.checkpoint import LOCK_FILE, claimed, load_checkpoint
@@ -94,7 +94,7 @@ def resume_point(cfg: DictConfig, run_id: str, hold: ExitStack) -> ResumePoint:
     store = Store(cfg.tracking.uri)
     record = store.run(run_id, key="resume")
     kind = record.tags.get("kind")
-    if kind != RUN_KINDS[Task.train]:
+    if kind != Task.train.value:
         raise UserError(f"resume={record.id}: run {record.name} is a {kind} run; resume continues runs of task=train")
     stored = store.stored_config(record, "resume continues runs made by task=train")
     run_cfg = config_to_resume(stored, cfg, record.id)

@@ -9,24 +9,27 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from leukemia.config import Config, Monitor, check_config
+from leukemia.config import Config, check_config
 from leukemia.data.augmentation import BatchAugmentation
 from leukemia.data.decoding import png
 from leukemia.data.layouts import load_splits
 from leukemia.data.loading import displayable, preview
-from leukemia.data.manifest import CLASS_NAMES, Manifest, Splits, summarize, summary_lines
+from leukemia.data.manifest import Manifest, Splits, summarize, summary_lines
 from leukemia.errors import UserError
+from leukemia.evaluation.decision import Decision
+from leukemia.evaluation.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
 from leukemia.evaluation.metrics import confusion_counts
+from leukemia.names import CLASS_NAMES
 from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, sweep_job_number, sweep_run_id
 from leukemia.tasks.resume import CHECKPOINT_TAG, ResumePoint, log_unlogged_epochs, requeued_run, resume_point
-from leukemia.tasks.scoring import Calibration, Evaluator
+from leukemia.tasks.scoring import Evaluator
 from leukemia.tracking.cell_model import MODEL_NAME, Preprocessing
-from leukemia.tracking.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
 from leukemia.tracking.registry import register
 from leukemia.tracking.runs import Run, flatten, tracked_run
 from leukemia.training.checkpoint import CHECKPOINT_NAME, claimed
 from leukemia.training.loop import BestEpoch, Progress, Trainer
 from leukemia.training.runtime import resolve_device, seed_everything
+from leukemia.training.schema import Monitor
 from leukemia.training.stopping import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
@@ -71,12 +74,12 @@ def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, li
     run.log_state_dict(best.state, "weights/best.pt")
 
 
-def log_model(run: Run, cfg: Config, best: BestEpoch, example: Manifest, calibration: Calibration) -> None:
+def log_model(run: Run, cfg: Config, best: BestEpoch, example: Manifest, decision: Decision) -> None:
     """The best epoch as the run's MLflow Model, with its temperature and threshold and a decoded image of
     ``example`` as its input example; with ``registry.name``, registered as a new version of that model."""
     data = cfg.data
     spec = Preprocessing(cfg.model.depth, cfg.model.num_classes, data.crop_size, data.image_size, data.mean, data.std,
-                         calibration.temperature, calibration.threshold)  # fmt: skip
+                         decision)  # fmt: skip
     pixels = preview(example, data.crop_size, data.image_size, count=2).images  # one of each class, readable
     model_uri = run.log_model(best.state, spec, png(pixels[0]))
     if cfg.registry.name:
@@ -122,15 +125,15 @@ def _finish(run: Run, trainer: Trainer, progress: Progress, splits: Splits, stop
     trainer.model.load_state_dict(best.state)
     evaluator = Evaluator(trainer.cfg, trainer.runnable, trainer.model, trainer.device, trainer.acceleration, run)
     with stop.interruptible():
-        calibration = evaluator.calibrate(splits.valid)
-    log_model(run, trainer.cfg, best, splits.train, calibration)
+        decision = evaluator.calibrate(splits.valid)
+    log_model(run, trainer.cfg, best, splits.train, decision)
     tested = {}
     if splits.test is not None:
         with stop.interruptible():
-            tested = evaluator.test(splits.test, calibration)
+            tested = evaluator.test(splits.test, decision)
     if progress.skipped.seen:
         run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
-    run.set_description(description(run, trainer.cfg, best, tested, calibration))
+    run.set_description(description(run, trainer.cfg, best, tested, decision))
     log.info("best epoch %d: %s %.4f; %s", best.epoch, best.monitor.value, best.value, run.where_to_look)
     return best.value
 
@@ -146,7 +149,7 @@ def _scores(metrics: dict[str, float], prefix: str) -> str:
     return ", ".join(shown)
 
 
-def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float], calibration: Calibration) -> str:
+def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float], decision: Decision) -> str:
     """The run page's Description: what was trained, the best epoch's validation and the test scores (with
     intervals, per subject, calibration), where the model and the figures are."""
     figures = ("confusion_matrix", "learning_curves", "train_samples", "val_reliability")
@@ -159,8 +162,8 @@ def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float]
         "",
         f"- best epoch: {best.epoch}, by {best.monitor.value} {best.value:.4f}",
         f"- validation (best epoch): {_scores(best.metrics, 'val_')}",
-        f"- calibrated on validation: temperature {calibration.temperature:.3f}, threshold "
-        f"{calibration.threshold:.3f} (eval.threshold={cfg.eval.threshold})",
+        f"- calibrated on validation: temperature {decision.temperature:.3f}, threshold "
+        f"{decision.threshold:.3f} (eval.threshold={cfg.eval.threshold})",
         f"- test: {_scores(tested, 'test_') or 'no labelled test split'}",
         *([f"- test subjects ({subjects:.0f}): accuracy {tested['test_subject_accuracy']:.4f}, balanced accuracy "
            f"{tested['test_subject_balanced_accuracy']:.4f}"] if subjects else []),

@@ -15,7 +15,7 @@ import binascii
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -24,11 +24,13 @@ import pandas as pd
 import PIL
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from leukemia.data.decoding import UNREADABLE, Normalisation, decode_pixels, read_image
+from leukemia.evaluation.decision import Decision, log_probabilities
 from leukemia.models import build_model
 
 MODEL_NAME = "model"  # runs:/<run id>/model
@@ -45,7 +47,8 @@ MODEL_CODE = Path(__file__).with_name("cell_model_code.py")  # what builds the m
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What turns an image file into the model's input, and which network reads it."""
+    """What turns an image file into the model's input, which network reads it, and the decision fixed on the
+    training run's validation split (temperature and threshold)."""
 
     depth: int
     num_classes: int
@@ -53,10 +56,18 @@ class Preprocessing:
     image_size: int
     mean: list[float]
     std: list[float]
-    # Fixed on the training run's validation split: the logits are divided by the temperature (calibrated
-    # probabilities), and a cell is labelled ALL when its probability of ALL is at least the threshold.
-    temperature: float = 1.0
-    threshold: float = 0.5
+    decision: Decision = field(default_factory=Decision)
+
+    def to_json(self) -> str:
+        """``preprocessing.json``: one flat object, the decision's temperature and threshold beside the rest."""
+        return json.dumps({**{k: v for k, v in asdict(self).items() if k != "decision"}, **asdict(self.decision)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessing:
+        """A model's ``preprocessing.json``; one logged before the decision was stored reads as T = 1, 0.5."""
+        fields = json.loads(text)
+        decision = Decision(**{key: fields.pop(key) for key in ("temperature", "threshold") if key in fields})
+        return cls(**fields, decision=decision)
 
 
 def encode(image_file: bytes) -> str:
@@ -68,7 +79,7 @@ class CellModel(mlflow.pyfunc.PythonModel):
     """The network with its preprocessing, on the GPU when there is one."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        spec = Preprocessing(**json.loads(Path(context.artifacts["preprocessing"]).read_text()))
+        spec = Preprocessing.from_json(Path(context.artifacts["preprocessing"]).read_text())
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         self.spec = spec
         self.network = build_model(spec.depth, spec.num_classes)
@@ -86,25 +97,24 @@ class CellModel(mlflow.pyfunc.PythonModel):
         return decode_pixels(image, self.spec.crop_size, self.spec.image_size)
 
     @torch.inference_mode()
-    def probabilities(self, pixels: torch.Tensor) -> np.ndarray:
-        """Each uint8 image's calibrated class probabilities, (N, classes)."""
-        inputs = self.normalise(pixels.to(self.device, non_blocking=True))
-        return (self.network(inputs).float() / self.spec.temperature).softmax(dim=1).cpu().numpy()
+    def log_probabilities(self, pixels: torch.Tensor) -> np.ndarray:
+        """Each uint8 image's class log-probabilities, (N, classes), as the evaluation computes them."""
+        return log_probabilities(self.network, self.normalise(pixels.to(self.device, non_blocking=True))).cpu().numpy()
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params=None
     ) -> pd.DataFrame:
         """``probability_all`` and ``label`` per row of base64-encoded image files."""
         images = [self.pixels(_decoded(row, value)) for row, value in enumerate(model_input[INPUT_COLUMN])]
-        batches = [self.probabilities(torch.stack(images[i : i + BATCH])) for i in range(0, len(images), BATCH)]
-        probabilities = np.concatenate(batches) if batches else np.empty((0, self.spec.num_classes))
-        return table(probabilities, self.spec.threshold)
+        batches = [self.log_probabilities(torch.stack(images[i : i + BATCH])) for i in range(0, len(images), BATCH)]
+        return outputs(self.spec.decision, np.concatenate(batches) if batches else np.empty((0, self.spec.num_classes)))
 
 
-def table(probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
-    """The model's output columns for (N, classes) probabilities: class 1's, and the label at ``threshold``."""
-    probability = probabilities[:, 1].astype(np.float64)
-    return pd.DataFrame({PROBABILITY: probability, LABEL: (probability >= threshold).astype(np.int64)})
+def outputs(decision: Decision, log_probabilities: np.ndarray) -> pd.DataFrame:
+    """The model's output columns for (N, classes) log-probabilities: the calibrated probability of ALL, and the
+    label at the threshold."""
+    probability = decision.probability_all(log_probabilities).astype(np.float64)
+    return pd.DataFrame({PROBABILITY: probability, LABEL: decision.labels(probability)})
 
 
 def _decoded(row: int, value: object) -> PIL.Image.Image:
@@ -127,16 +137,25 @@ def _requirements() -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in ("torch", "pillow", "numpy", "pandas")]
 
 
-def log_cell_model(state: dict[str, torch.Tensor], spec: Preprocessing, example: bytes) -> str:
-    """Log the pyfunc under the active run as ``model``; returns its ``models:/m-…`` URI. ``example``: an image
-    file's bytes for the input example."""
+def log_cell_model(client: MlflowClient, run_id: str, state: dict[str, torch.Tensor], spec: Preprocessing,
+                   example: bytes) -> str:  # fmt: skip
+    """Log the pyfunc as the run ``run_id``'s ``model`` (a logged model of the run's experiment, carrying the
+    run's params, as ``mlflow.pyfunc.log_model`` makes it for an active run); returns its ``models:/m-…`` URI.
+    ``example``: an image file's bytes for the input example."""
+    run = client.get_run(run_id)
+    model = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                       params=run.data.params)  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         torch.save(dict(state), folder / "weights.pt")
-        (folder / "preprocessing.json").write_text(json.dumps(asdict(spec)))
+        (folder / "preprocessing.json").write_text(spec.to_json())
         code = shutil.copytree(PACKAGE, folder / "code" / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
-        info = mlflow.pyfunc.log_model(
+        info = Model.log(  # what mlflow.pyfunc.log_model does, for that logged model and run
+            artifact_path=None,
             name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=model.model_id,
             python_model=str(MODEL_CODE),
             artifacts={"weights": str(folder / "weights.pt"), "preprocessing": str(folder / "preprocessing.json")},
             code_paths=[str(code)],

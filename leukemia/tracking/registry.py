@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from leukemia.errors import UserError
 from leukemia.tracking.cell_model import MODEL_NAME, CellModel
-from leukemia.tracking.store import Store, retry_when_locked
+from leukemia.tracking.store import Store, client_of, located, quiet_downloads, retry_when_locked
 
 CHAMPION = "champion"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -46,7 +46,7 @@ class Version:
 @retry_when_locked
 def crown(uri: str, name: str, run_id: str) -> Version:
     """Give the ``champion`` alias to the newest version of ``name`` that run ``run_id`` registered."""
-    client = MlflowClient(tracking_uri=uri)
+    client = client_of(uri)
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if not versions:
         raise UserError(f"registry.name={name}: run {run_id} registered no version of it; nothing to crown")
@@ -59,7 +59,7 @@ def versions_of(uri: str, run_ids: list[str]) -> list[Version]:
     """The versions the runs ``run_ids`` registered (of any registered model), champions marked."""
     if not run_ids:
         return []
-    client = MlflowClient(tracking_uri=uri)
+    client = client_of(uri)
     quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
     found = client.search_model_versions(f"run_id IN ({quoted})")
     # Search results carry no aliases: the registered model holds them.
@@ -107,16 +107,17 @@ def _check_registered(client: MlflowClient, uri: str, reference: str) -> None:
 def load(uri: str, reference: str) -> tuple[CellModel, str]:
     """The cell model ``predict.model`` names (see ``FORMS``) from the store at ``uri``, and its URI."""
     resolved = model_uri(reference)
-    client = MlflowClient(tracking_uri=uri)
+    client = client_of(uri)
     if resolved.startswith("runs:/"):
         run = Store(uri).run(resolved.split("/")[1], key="predict.model")
         missing = f"run {run.id} ({run.name}, {run.status}) has no logged model '{MODEL_NAME}'"
     else:
         _check_registered(client, uri, resolved)
         missing = f"predict.model={reference}: no model found there"
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(located(uri))
     try:
-        loaded = mlflow.pyfunc.load_model(resolved)
+        with quiet_downloads():
+            loaded = mlflow.pyfunc.load_model(resolved)
     except (MlflowException, OSError) as error:
         raise UserError(f"{missing}; train it again (task=train logs one at its best epoch) or pick "
                         f"another model") from error  # fmt: skip

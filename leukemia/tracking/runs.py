@@ -13,12 +13,26 @@ from typing import Any
 import mlflow
 import pandas as pd
 import torch
-from matplotlib import pyplot as plt
-from mlflow.entities import RunStatus
+from matplotlib.figure import Figure
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.time import get_current_time_millis
 
-from leukemia.config import TrackingConfig
+from leukemia.evaluation.report import Report
 from leukemia.tracking.cell_model import Preprocessing, log_cell_model
-from leukemia.tracking.store import PARENT_TAG, ensure_experiment, is_server, retry_when_locked, ui_base
+from leukemia.tracking.schema import TrackingConfig
+from leukemia.tracking.store import (
+    PARENT_TAG,
+    client_of,
+    ensure_experiment,
+    is_server,
+    located,
+    retry_when_locked,
+    ui_base,
+)
 
 DESCRIPTION_TAG = "mlflow.note.content"  # the run page's Description, in markdown
 
@@ -46,9 +60,10 @@ def artifact_link(ui_url: str, experiment_id: str, run_id: str, artifact: str) -
 
 
 class Run:
-    """The open MLflow run: what a task logs goes through here."""
+    """An open MLflow run: what a task logs goes through here, addressed by the run's id (no global active run)."""
 
-    def __init__(self, run: mlflow.ActiveRun, ui_url: str):
+    def __init__(self, client: MlflowClient, run: mlflow.entities.Run, ui_url: str):
+        self.client = client
         self.id = run.info.run_id
         self.name = run.info.run_name
         self.experiment_id = run.info.experiment_id
@@ -64,41 +79,53 @@ class Run:
     @property
     def where_to_look(self) -> str:
         """The link, and for a local store the folder `mlflow ui` must be started in."""
-        local = "" if is_server(mlflow.get_tracking_uri()) else f" (start `mlflow ui` in {Path.cwd()} first)"
+        local = "" if is_server(self.client.tracking_uri) else f" (start `mlflow ui` in {Path.cwd()} first)"
         return f"open {self.link}{local}"
 
     @retry_when_locked
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        mlflow.log_metrics(dict(metrics), step=step)
+        now = get_current_time_millis()
+        self.client.log_batch(self.id, metrics=[Metric(key, value, now, step or 0) for key, value in metrics.items()])
 
     @retry_when_locked
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        mlflow.set_tags(dict(tags))
+        self.client.log_batch(self.id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     @retry_when_locked
     def log_params(self, params: Mapping[str, Any]) -> None:
-        mlflow.log_params(dict(params))
+        self.client.log_batch(self.id, params=[Param(key, str(value)) for key, value in params.items()])
 
     @retry_when_locked
     def log_text(self, text: str, artifact_file: str) -> None:
-        mlflow.log_text(text, artifact_file)
+        self.client.log_text(self.id, text, artifact_file)
 
     @retry_when_locked
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        mlflow.log_dict(dict(data), artifact_file)
+        self.client.log_dict(self.id, dict(data), artifact_file)
 
     @retry_when_locked
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        self.client.log_artifact(self.id, str(path), artifact_path=folder)
 
     @retry_when_locked
-    def log_figure(self, figure: plt.Figure, artifact_file: str) -> None:
-        mlflow.log_figure(figure, artifact_file)
-        plt.close(figure)
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        self.client.log_figure(self.id, figure, artifact_file)
+
+    def log_report(self, report: Report) -> None:
+        """An evaluation's report: its metrics and tags, its tables as CSV, its figures, its records as JSON."""
+        self.log_metrics(report.metrics)
+        if report.tags:
+            self.set_tags(report.tags)
+        for artifact_file, table in report.tables.items():
+            self.log_text(table.to_csv(index=False), artifact_file)
+        for artifact_file, figure in report.figures.items():
+            self.log_figure(figure, artifact_file)
+        for artifact_file, record in report.records.items():
+            self.log_dict(record, artifact_file)
 
     @retry_when_locked
     def set_description(self, markdown: str) -> None:
-        mlflow.set_tag(DESCRIPTION_TAG, markdown)
+        self.client.set_tag(self.id, DESCRIPTION_TAG, markdown)
 
     @retry_when_locked
     def log_dataset(self, table: pd.DataFrame, name: str, source: str, tags: Mapping[str, str]) -> None:
@@ -108,12 +135,13 @@ class Run:
         with warnings.catch_warnings():  # that a local path fits two of MLflow's source types; integer labels
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(table, source=source, name=name, targets=targets)
-            mlflow.log_input(dataset, context=name, tags=dict(tags))
+        tags = [InputTag(key, value) for key, value in tags.items()] + [InputTag(MLFLOW_DATASET_CONTEXT, name)]
+        self.client.log_inputs(self.id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
 
     @retry_when_locked
     def log_model(self, state: Mapping[str, torch.Tensor], spec: Preprocessing, example: bytes) -> str:
         """The MLflow Model (``runs:/<id>/model``) for these weights; returns its ``models:/m-…`` URI."""
-        return log_cell_model(dict(state), spec, example)
+        return log_cell_model(self.client, self.id, dict(state), spec, example)
 
     @retry_when_locked
     def log_state_dict(self, state_dict: Mapping[str, torch.Tensor], artifact_file: str) -> None:
@@ -122,7 +150,20 @@ class Run:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / artifact.name
             torch.save(dict(state_dict), path)
-            mlflow.log_artifact(str(path), artifact_path=str(artifact.parent) if artifact.parent.parts else None)
+            self.log_artifact(path, str(artifact.parent) if artifact.parent.parts else None)
+
+
+def _open(client: MlflowClient, track: TrackingConfig, run_name: str, tags: Mapping[str, str],
+          parent_run_id: str | None, reopen_run_id: str | None) -> mlflow.entities.Run:  # fmt: skip
+    """A new run (MLflow's source, user and git tags added as ``mlflow.start_run`` adds them), or the run
+    ``reopen_run_id`` running again with ``tags`` added."""
+    if reopen_run_id:
+        retry_when_locked(client.update_run)(reopen_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        retry_when_locked(client.log_batch)(reopen_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        return client.get_run(reopen_run_id)
+    experiment_id = ensure_experiment(track.uri, track.experiment)
+    tags = resolve_tags(dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {}))
+    return retry_when_locked(client.create_run)(experiment_id, run_name=run_name, tags=tags)
 
 
 @contextmanager
@@ -136,24 +177,22 @@ def tracked_run(
     """Open a run in ``tracking.experiment`` at ``tracking.uri`` (nested under ``parent_run_id`` if given), or
     reopen the run ``reopen_run_id`` (its tags updated with ``tags``), with MLflow's system metrics sampled
     every ``tracking.system_metrics_s``; close it FINISHED, FAILED or KILLED."""
-    mlflow.set_tracking_uri(track.uri)
-    system_metrics = track.system_metrics_s is not None
-    if system_metrics:
-        mlflow.set_system_metrics_sampling_interval(track.system_metrics_s)
-    if reopen_run_id:
-        active = retry_when_locked(mlflow.start_run)(run_id=reopen_run_id, log_system_metrics=system_metrics)
-        retry_when_locked(mlflow.set_tags)(dict(tags))
-    else:
-        experiment_id = ensure_experiment(track.uri, track.experiment)
-        tags = dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
-        active = retry_when_locked(mlflow.start_run)(experiment_id=experiment_id, run_name=run_name, tags=tags,
-                                                     log_system_metrics=system_metrics)  # fmt: skip
-    status = RunStatus.to_string(RunStatus.FAILED)
+    mlflow.set_tracking_uri(located(track.uri))  # where MLflow's model logging and registering write
+    client = client_of(track.uri)
+    run = _open(client, track, run_name, tags, parent_run_id, reopen_run_id)
+    monitor = None
+    if track.system_metrics_s is not None:
+        monitor = SystemMetricsMonitor(run.info.run_id, track.system_metrics_s, tracking_uri=located(track.uri),
+                                       resume_logging=reopen_run_id is not None)  # fmt: skip
+        monitor.start()
+    status = RunStatus.FAILED
     try:
-        yield Run(active, ui_base(track.uri, track.ui_url))
-        status = RunStatus.to_string(RunStatus.FINISHED)
+        yield Run(client, run, ui_base(track.uri, track.ui_url))
+        status = RunStatus.FINISHED
     except KeyboardInterrupt:
-        status = RunStatus.to_string(RunStatus.KILLED)
+        status = RunStatus.KILLED
         raise
     finally:
-        retry_when_locked(mlflow.end_run)(status=status)
+        if monitor is not None:
+            monitor.finish()
+        retry_when_locked(client.set_terminated)(run.info.run_id, RunStatus.to_string(status))

@@ -33,11 +33,25 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests a run under another in its UI
 LOCAL_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 SQLITE = "sqlite:///"
-# Reading a run's config and weights back would otherwise draw a progress bar per file.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 T = TypeVar("T")
+
+
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """While it is held, reading artifacts back (a run's config and weights, a model) draws no progress bar per
+    file, unless the environment asks for one."""
+    asked = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = asked or "false"
+    try:
+        yield
+    finally:
+        if asked is None:
+            del os.environ[PROGRESS_BAR]
+
+
 LOCKED = "database is locked"
 FULL = "database or disk is full"  # sqlite's words for a full disk
 LOCK_PAUSES_S = (1, 2, 4, 8, 16)  # after each of sqlite's own 20-second waits (MLflow's busy_timeout)
@@ -100,6 +114,18 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                         f"fix tracking.uri")  # fmt: skip
 
 
+def located(uri: str) -> str:
+    """``uri`` with a relative sqlite file made absolute (``sqlite:///mlflow.db`` in the launch folder): MLflow
+    keeps one store per address for the life of the process, so a relative one would follow the first folder."""
+    database = sqlite_file(uri)
+    return f"{SQLITE}{database.absolute()}" if database is not None and not database.is_absolute() else uri
+
+
+def client_of(uri: str) -> MlflowClient:
+    """A client of the store at ``uri``."""
+    return MlflowClient(tracking_uri=located(uri))
+
+
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` store, None for any other."""
     return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
@@ -139,7 +165,7 @@ def ensure_experiment(uri: str, experiment: str) -> str:
     """Create ``experiment`` at ``uri`` unless it exists (creating an empty sqlite store's tables under a lock
     first), before parallel jobs would race to do it; returns its id. A deleted experiment is refused."""
     with first_use_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
+        client = client_of(uri)
         found = client.get_experiment_by_name(experiment)
     if found is not None and found.lifecycle_stage == LifecycleStage.DELETED:
         raise UserError(
@@ -193,7 +219,7 @@ class Store:
 
     def __init__(self, uri: str):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = client_of(uri)
 
     def run(self, run_id: str, key: str = "run_id") -> RunRecord:
         """The run ``run_id``, given on the command line as ``key``."""
@@ -232,6 +258,7 @@ class Store:
         """The artifact as a local file under ``folder``; ``why`` ends the error when the run lacks it."""
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            return Path(self.client.download_artifacts(run.id, artifact, str(folder)))
+            with quiet_downloads():
+                return Path(self.client.download_artifacts(run.id, artifact, str(folder)))
         except (MlflowException, OSError) as error:
             raise UserError(f"run {run.id} ({run.name}, {run.status}) has no {artifact}; {why}") from error

@@ -16,31 +16,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from leukemia.config import Monitor
 from leukemia.errors import UserError
+from leukemia.tracking.sweep_folder import job_failures
+from leukemia.training.schema import Monitor
 
 log = logging.getLogger(__name__)
-
-
-JOB_FAILURE_FILE = "job_failed.txt"  # in a failed job's output folder: its one-line error
-SWEEP_RUN_FILE = "mlflow_sweep_run.txt"  # in the sweep folder: the id of the sweep's own run
-
-
-def record_job_failure(job_dir: Path, message: str) -> None:
-    """Leave a failed sweep job's error where the launching process finds it, whatever process or machine
-    (joblib, SLURM) ran the job."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / JOB_FAILURE_FILE).write_text(message + "\n")
-
-
-def job_failures(sweep_dir: Path) -> list[Path]:
-    """The sweep's failure files, the earliest first."""
-    return sorted(sweep_dir.rglob(JOB_FAILURE_FILE), key=lambda path: path.stat().st_mtime)
-
-
-def search_direction(monitor: str) -> str:
-    """Which way a search must push ``trainer.monitor``, the value task=train returns."""
-    return "minimize" if monitor == Monitor.val_loss else "maximize"
 
 
 def check_search_direction(config: DictConfig) -> None:
@@ -48,19 +28,13 @@ def check_search_direction(config: DictConfig) -> None:
     direction = config.hydra.sweeper.get("direction")
     if direction is None:
         return
-    monitor = Monitor(config.trainer.monitor).value
-    wanted = search_direction(monitor)
+    monitor = Monitor(config.trainer.monitor)
+    wanted = monitor.direction
     if str(direction).lower().removeprefix("direction.") != wanted:
         raise UserError(
-            f"hydra.sweeper.direction={direction} with trainer.monitor={monitor}: each trial "
+            f"hydra.sweeper.direction={direction} with trainer.monitor={monitor.value}: each trial "
             f"returns that metric, which must be {wanted}d; set hydra.sweeper.direction={wanted}"
         )
-
-
-def sweep_run_of(sweep_dir: Path) -> str | None:
-    """The id of the sweep's own run, for a job of the sweep in ``sweep_dir``."""
-    path = sweep_dir / SWEEP_RUN_FILE
-    return path.read_text().strip() if path.is_file() else None
 
 
 class SweepCallback(Callback):

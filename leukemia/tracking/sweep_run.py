@@ -10,12 +10,12 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from leukemia.config import Monitor
 from leukemia.errors import UserError
 from leukemia.tracking.registry import crown
 from leukemia.tracking.runs import run_link
-from leukemia.tracking.store import RunRecord, Store, ensure_experiment, retry_when_locked, ui_base
-from leukemia.tracking.sweep import SWEEP_RUN_FILE, search_direction
+from leukemia.tracking.store import RunRecord, Store, client_of, ensure_experiment, retry_when_locked, ui_base
+from leukemia.tracking.sweep_folder import record_sweep_run
+from leukemia.training.schema import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def best_job(config: DictConfig, sweep_dir: str) -> RunRecord | None:
     if not jobs:
         log.warning("no finished job of this sweep is in %s", config.tracking.uri)
         return None
-    pick = min if search_direction(monitor) == "minimize" else max
+    pick = min if Monitor(monitor).direction == "minimize" else max
     best = pick(jobs, key=lambda run: run.metrics[f"best_{monitor}"])
     link = run_link(ui_base(config.tracking.uri, config.tracking.ui_url), best.experiment_id, best.id)
     log.info("best job of %d: %s, %s %.4f, overrides: %s; open %s", len(jobs), best.name, monitor,
@@ -46,13 +46,12 @@ class SweepRun:
 
     @classmethod
     def open(cls, config: DictConfig, sweep_dir: str) -> SweepRun:
-        client = MlflowClient(tracking_uri=config.tracking.uri)
+        client = client_of(config.tracking.uri)
         experiment_id = ensure_experiment(config.tracking.uri, config.tracking.experiment)
         tags = {"sweep_id": sweep_dir, "kind": "sweep", "overrides": " ".join(config.hydra.overrides.task)}
         name = "sweep-" + "-".join(Path(sweep_dir).parts[-2:])  # multirun/<date>/<time>-<pid>
         run = retry_when_locked(client.create_run)(experiment_id, run_name=name, tags=tags)
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        (Path(sweep_dir) / SWEEP_RUN_FILE).write_text(run.info.run_id + "\n")
+        record_sweep_run(Path(sweep_dir), run.info.run_id)
         return cls(client, run.info.run_id, sweep_dir)
 
     def honour_best(self, config: DictConfig) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from leukemia.data.loading import Batch
+from leukemia.evaluation.decision import log_probabilities as network_log_probabilities
 
 
 @dataclass
@@ -138,9 +139,6 @@ def run_epoch(
                        batches.seconds)  # fmt: skip
 
 
-FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both
-
-
 @dataclass
 class Predictions:
     # (images, classes) log-softmax: exact where a softmax rounds to 0 or 1, so a temperature can rescale it
@@ -165,8 +163,8 @@ def predict(
     amp: bool = False,
     channels_last: bool = False,
 ) -> Predictions:
-    """Class log-probabilities for every image of the loader, in order; with ``flips`` the softmax is averaged
-    over the four flip combinations (test-time augmentation: cells have no orientation), in log space."""
+    """Class log-probabilities for every image of the loader, in order (the decision's, with its flip
+    test-time augmentation when ``flips``)."""
     model.eval()
     log_probabilities, targets, skipped = [], [], []
     for batch in tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch"):
@@ -174,10 +172,8 @@ def predict(
         if not len(batch.labels):
             continue
         images = model_input(batch.images, device, prepare, channels_last)
-        views = [images.flip(dims) if dims else images for dims in (FLIPS if flips else FLIPS[:1])]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logs = torch.stack([model(view).float().log_softmax(dim=1) for view in views])
-        log_probabilities.append((logs.logsumexp(dim=0) - math.log(len(views))).cpu())  # log of the mean softmax
+            log_probabilities.append(network_log_probabilities(model, images, flips).cpu())
         targets.append(batch.labels)
     if not log_probabilities:
         return Predictions(np.empty((0, 0)), np.empty(0, dtype=np.int64), skipped)

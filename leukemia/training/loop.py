@@ -12,18 +12,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukemia.config import Balance, Config, Monitor
+from leukemia.config import Config
 from leukemia.data.cache import cache_folder
 from leukemia.data.feed import Feed, build_feed
 from leukemia.data.loading import class_weights
-from leukemia.data.manifest import CLASS_NAMES, Splits
+from leukemia.data.manifest import Splits
+from leukemia.data.schema import Balance
 from leukemia.errors import UserError
 from leukemia.evaluation.metrics import classification_metrics, confusion_matrix
 from leukemia.models import build_model
+from leukemia.names import CLASS_NAMES
 from leukemia.training.checkpoint import random_states, restore_random_states, save_checkpoint
 from leukemia.training.engine import NonFiniteLoss, run_epoch
 from leukemia.training.optim import build_optimizer, build_scheduler
 from leukemia.training.runtime import Acceleration, compile_mode
+from leukemia.training.schema import Monitor
 from leukemia.training.stopping import StopRequest
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
-from leukemia.config import OptimConfig, SchedulerConfig
+from leukemia.training.schema import OptimConfig, SchedulerConfig
 
 
 def build_optimizer(optim_cfg: OptimConfig, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:

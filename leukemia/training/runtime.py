@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from leukemia.config import Device, TrainerConfig
 from leukemia.errors import UserError
+from leukemia.training.schema import Device, TrainerConfig
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -1,7 +1,8 @@
 """Data layouts: how a folder on disk becomes the train/valid/test manifests.
 
-One module per layout, each a schema (in ``leukemia.config``) and a reader ``data config -> Splits``, registered
-once in ``LAYOUTS`` (the config check and Hydra's schema store read the schemas from here): ``data=lab`` reads
+One module per layout, each its schema (its own keys beside ``DataConfig``'s) and a reader ``data config ->
+Splits``, registered once in ``LAYOUTS`` (the data group's registry: the config check and Hydra's schema store
+read the schemas from here): ``data=lab`` reads
 the course's CSVs, ``data=demo`` writes a lab-layout folder first and then reads it the same way, ``data=cnmc``
 the published C-NMC 2019 tree, ``data=csv`` a generic manifest. ``load_splits`` carves the cross-validation
 fold, then checks and limits whatever a layout returns.
@@ -13,12 +14,12 @@ import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
-from leukemia.config import CnmcDataConfig, CsvDataConfig, DataConfig, DemoDataConfig, LabDataConfig
-from leukemia.data.layouts.cnmc import cnmc_splits
-from leukemia.data.layouts.csv_manifest import csv_splits
-from leukemia.data.layouts.demo import demo_splits
-from leukemia.data.layouts.lab import lab_splits
+from leukemia.data.layouts.cnmc import CnmcDataConfig, cnmc_splits
+from leukemia.data.layouts.csv_manifest import CsvDataConfig, csv_splits
+from leukemia.data.layouts.demo import DemoDataConfig, demo_splits
+from leukemia.data.layouts.lab import LabDataConfig, lab_splits
 from leukemia.data.manifest import Splits, check_splits, limit_manifest
+from leukemia.data.schema import DataConfig
 from leukemia.data.splitting import merged, split_fold
 from leukemia.errors import UserError
 

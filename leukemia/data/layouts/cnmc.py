@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-from leukemia.config import CnmcDataConfig, CnmcTestSet, SplitMethod
 from leukemia.data.manifest import (
     Manifest,
     Splits,
@@ -22,8 +22,39 @@ from leukemia.data.manifest import (
     missing_files_error,
     read_csv_columns,
 )
+from leukemia.data.schema import DataConfig
 from leukemia.data.splitting import split_by_subject
 from leukemia.errors import UserError
+from leukemia.schema import FRACTION, POSITIVE, SEED, TEXT, WORKERS, Rule, checked
+
+
+class SplitMethod(str, Enum):
+    folds = "folds"  # the published folds: data.val_fold validates, the others train
+    subjects = "subjects"  # a seeded, class-stratified split of whole subjects
+
+
+class CnmcTestSet(str, Enum):
+    prelim = "prelim"  # validation_data/C-NMC_test_prelim_phase_data, labelled by its CSV
+    final = "final"  # testing_data/C-NMC_test_final_phase_data, unlabelled
+    none = "none"
+
+
+@dataclass
+class CnmcDataConfig(DataConfig):
+    """The C-NMC 2019 tree as published (Kaggle "C-NMC_Leukemia" or TCIA)."""
+
+    name: str = "cnmc"
+    root: str = checked("${paths.cnmc_root}", TEXT)
+    crop_size: int | None = checked(350, POSITIVE)  # center crop in source pixels (cells are 450x450)
+    image_size: int = checked(350, POSITIVE)
+    num_workers: int = checked(2, WORKERS)
+    split: SplitMethod = SplitMethod.folds
+    val_fold: int = checked(2, Rule(lambda v: v in (0, 1, 2), "must be 0, 1 or 2 (the published folds)"))
+    # split=subjects: the share of each class's images (whole subjects) that validates, and the split's seed.
+    val_fraction: float = checked(0.2, FRACTION)
+    split_seed: int = checked(0, SEED)
+    test_set: CnmcTestSet = CnmcTestSet.prelim
+
 
 log = logging.getLogger(__name__)
 

@@ -3,12 +3,11 @@ and ``split``."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from leukemia.config import CsvDataConfig
 from leukemia.data.layouts.lab import data_root
 from leukemia.data.manifest import (
     Manifest,
@@ -18,7 +17,22 @@ from leukemia.data.manifest import (
     listed_files,
     read_csv_columns,
 )
+from leukemia.data.schema import DataConfig
 from leukemia.errors import UserError
+from leukemia.schema import POSITIVE, TEXT, WORKERS, checked
+
+
+@dataclass
+class CsvDataConfig(DataConfig):
+    """A generic manifest: ``<root>/<manifest>`` with columns path,label[,subject][,split]."""
+
+    name: str = "csv"
+    root: str = checked("${paths.csv_root}", TEXT)  # the folder holding the manifest
+    crop_size: int | None = checked(None, POSITIVE)  # the whole image, padded to a square if it is not one
+    image_size: int = checked(96, POSITIVE)
+    num_workers: int = checked(2, WORKERS)
+    manifest: str = checked("labels.csv", TEXT)
+
 
 MANIFEST_SPLITS = ("train", "valid", "test")
 

@@ -21,10 +21,32 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from leukemia.config import DemoDataConfig
-from leukemia.data.layouts.lab import lab_splits
+from leukemia.data.layouts.lab import LabDataConfig, lab_splits
 from leukemia.data.manifest import Splits
 from leukemia.errors import UserError
+from leukemia.schema import POSITIVE, SEED, TEXT, WORKERS, Rule, checked
+
+
+@dataclass
+class DemoDataConfig(LabDataConfig):
+    """The generated demo set: written once under ``root`` in the lab layout, then read like real data."""
+
+    name: str = "demo"
+    root: str = checked(
+        "${paths.cache_dir}/demo-v1/s${.seed}-a${.subjects_all}-h${.subjects_normal}-n${.images_per_subject}"
+        "-px${.source_size}",
+        TEXT,
+    )
+    crop_size: int | None = checked(100, POSITIVE)  # the lab recipe's 350/450 proportion
+    image_size: int = checked(64, POSITIVE)
+    num_workers: int = checked(0, WORKERS)
+    test_labels_csv: str | None = checked("test_labels.csv", TEXT)  # the hidden test labels: test metrics
+    seed: int = checked(0, SEED)
+    subjects_all: int = checked(10, Rule(lambda v: v >= 3, "must be at least 3 (one each for train, valid, test)"))
+    subjects_normal: int = checked(5, Rule(lambda v: v >= 3, "must be at least 3 (one each for train, valid, test)"))
+    images_per_subject: int = checked(60, POSITIVE)
+    source_size: int = checked(128, Rule(lambda v: v >= 16, "must be at least 16 (pixels)"))
+
 
 TEST_CSV_NAMES = ("resnet_18_test.csv", "resnet_50_test.csv", "resnet_152_test.csv")
 # Hidden labels of the test split, for scoring a submission; not read by training.

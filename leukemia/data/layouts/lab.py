@@ -4,12 +4,11 @@ CSV with ``Path`` only (labels optionally from ``data.test_labels_csv``)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from leukemia.config import DataConfig, LabDataConfig
 from leukemia.data.manifest import (
     Manifest,
     Splits,
@@ -19,7 +18,26 @@ from leukemia.data.manifest import (
     missing_files_error,
     read_csv_columns,
 )
+from leukemia.data.schema import DataConfig
 from leukemia.errors import UserError
+from leukemia.schema import POSITIVE, TEXT, WORKERS, checked
+
+
+@dataclass
+class LabDataConfig(DataConfig):
+    """The course layout: ``<root>/train.csv`` and ``valid.csv`` (``Path,label``), a test CSV with ``Path`` only."""
+
+    name: str = "lab"
+    root: str = checked("${paths.lab_root}", TEXT)
+    crop_size: int | None = checked(350, POSITIVE)  # C-NMC cells are 450x450
+    image_size: int = checked(350, POSITIVE)  # 350: no resize, as the lab recipe
+    num_workers: int = checked(2, WORKERS)
+    train_csv: str = checked("train.csv", TEXT)
+    valid_csv: str = checked("valid.csv", TEXT)
+    test_csv: str = checked("resnet_${model.depth}_test.csv", TEXT)  # the course keeps one test CSV per depth
+    # Optional ``Path,label`` CSV with the test split's labels (the demo writes test_labels.csv): test metrics.
+    test_labels_csv: str | None = checked(None, TEXT)
+
 
 log = logging.getLogger(__name__)
 

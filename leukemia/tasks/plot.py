@@ -3,7 +3,7 @@
 By default the runs of the latest sweep in ``tracking.experiment``, or those named by ``plot.runs``. Writes the
 seed's comparison figure (train and validation accuracy per epoch of every run, on one figure), the loss
 curves, the runs' confusion matrices side by side, and a summary table (CSV and Markdown) of each run's best
-metrics and hyper-parameters, into the job's output folder and into a new MLflow run of kind "report"; names
+metrics and hyper-parameters, into the job's output folder and into a new MLflow run of kind "plot"; names
 the registered champion among the runs' model versions.
 """
 
@@ -20,10 +20,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from leukemia.config import Config
-from leukemia.data.manifest import CLASS_NAMES
 from leukemia.errors import UserError
+from leukemia.evaluation.figures import comparison_figure, confusion_grid_figure
+from leukemia.names import CLASS_NAMES
 from leukemia.tasks.context import launch_context, output_dir
-from leukemia.tracking.figures import comparison_figure, confusion_grid_figure
 from leukemia.tracking.registry import CHAMPION, Version, versions_of
 from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import RunRecord, Store
@@ -223,7 +223,7 @@ def write_tables(
 
 
 def plot(composed: DictConfig) -> dict[str, float]:
-    """Compare runs: figures and tables into the output folder and a new "report" run; returns nothing to
+    """Compare runs: figures and tables into the output folder and a new "plot" run; returns nothing to
     optimise (an empty dict)."""
     cfg: Config = OmegaConf.to_object(composed)
     store = Store(cfg.tracking.uri)
@@ -253,13 +253,13 @@ def plot(composed: DictConfig) -> dict[str, float]:
     crowned = [version for version in versions if version.champion]
     if crowned:
         tags["champion"] = " ".join(str(champion) for champion in crowned)
-    name = f"report-{what.replace(' ', '-')}"
+    name = f"plot-{what.replace(' ', '-')}"
     with tracked_run(cfg.tracking, name, tags) as report:
         for file_name, figure in figures.items():
             figure.savefig(folder / file_name, dpi=120)
-            report.log_figure(figure, f"report/{file_name}")
+            report.log_figure(figure, f"plot/{file_name}")
         for file_name in tables:
-            report.log_artifact(folder / file_name, "report")
+            report.log_artifact(folder / file_name, "plot")
         log.info("compared %d runs (%s):\n%s", len(runs), what, markdown(with_intervals(table)))
         for champion in crowned:
             log.info("champion: %s", champion)

@@ -1,0 +1,175 @@
+"""An evaluation as a report: what a split's predictions show once the decision is fixed, as plain values ready
+to log (metrics, CSV tables, figures, JSON records, tags). Validation fits the decision (temperature, then
+threshold) and reports its calibration; the test split is then scored per cell and per subject, with intervals.
+
+The tasks predict the splits and hand the report to tracking; nothing here knows MLflow, the config or a data
+layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from leukemia.evaluation.bootstrap import bootstrap_intervals
+from leukemia.evaluation.calibration import brier, fit_decision, reliability, temperature_at_bound
+from leukemia.evaluation.decision import Decision
+from leukemia.evaluation.explain import explained
+from leukemia.evaluation.figures import confusion_matrix_figure, curve_figure, gradcam_figure, reliability_figure
+from leukemia.evaluation.metrics import (
+    average_precision,
+    classification_metrics,
+    confusion_counts,
+    confusion_matrix,
+    roc_auc,
+)
+from leukemia.evaluation.subjects import subject_metrics, subject_table
+from leukemia.names import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+SUBMISSION, PREDICTIONS = "submission.csv", "predictions.csv"
+SUBJECT_TABLES = {"test": "subjects.csv", "val": "val_subjects.csv"}
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A split's predictions, what a report is made from: ``prefix`` names its metrics (``val``, ``test``), the
+    run's and the split's names title its figures; ``targets`` and ``subjects`` are None where it lacks them."""
+
+    prefix: str
+    run_name: str
+    split_name: str
+    log_probabilities: np.ndarray
+    targets: np.ndarray | None = None
+    subjects: Sequence[str] | None = None
+
+    def title(self, *details: str) -> str:
+        """``<run>: <split> (<n> images[, details])``."""
+        return f"{self.run_name}: {self.split_name} ({', '.join([f'{len(self.log_probabilities)} images', *details])})"
+
+
+@dataclass
+class Report:
+    """What an evaluation found, each item under the name it is logged as."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # CSV files
+    figures: dict[str, Figure] = field(default_factory=dict)  # PNG files
+    records: dict[str, dict] = field(default_factory=dict)  # JSON files
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __ior__(self, other: Report) -> Report:
+        for name in ("metrics", "tables", "figures", "records", "tags"):
+            getattr(self, name).update(getattr(other, name))
+        return self
+
+
+def calibration_report(scored: Scored, decision: Decision) -> Report:
+    """A labelled split's calibration (before and after the temperature), its ROC and PR figures, and its
+    subject table and scores where subjects are known."""
+    prefix, targets = scored.prefix, scored.targets
+    trained_probabilities, probabilities = (
+        np.exp(scored.log_probabilities),
+        decision.probabilities(scored.log_probabilities),
+    )
+    probability_all = probabilities[:, 1]
+    trained, scaled = reliability(trained_probabilities, targets), reliability(probabilities, targets)
+    report = Report(metrics={f"{prefix}_ece": trained.ece, f"{prefix}_brier": brier(trained_probabilities, targets),
+                             f"{prefix}_ece_calibrated": scaled.ece,
+                             f"{prefix}_brier_calibrated": brier(probabilities, targets),
+                             f"{prefix}_average_precision": average_precision(targets, probability_all)})  # fmt: skip
+    curves = {"as trained": trained, f"temperature {decision.temperature:.2f}": scaled}
+    report.figures[f"figures/{prefix}_reliability.png"] = reliability_figure(curves, scored.title())
+    predicted = decision.labels(probability_all)
+    for kind in ("roc", "pr") if len(np.unique(targets)) > 1 else ():  # a one-class split has no curve
+        figure = curve_figure(kind, targets, probability_all, predicted, decision.threshold, scored.title())
+        report.figures[f"figures/{prefix}_{kind}.png"] = figure
+    if scored.subjects is not None:
+        table = subject_table(probability_all, scored.subjects, decision.threshold, targets)
+        report.tables[SUBJECT_TABLES[prefix]] = table
+        report.metrics |= {f"{prefix}_{key}": value for key, value in subject_metrics(table).items()}
+    return report
+
+
+def validation_report(scored: Scored, threshold: str) -> tuple[Decision, Report]:
+    """The decision fitted on the validation split (``eval.threshold``: a number or ``balanced``), and its
+    report: the temperature, the threshold and the split's calibration."""
+    decision = fit_decision(scored.log_probabilities, scored.targets, threshold)
+    if temperature_at_bound(decision.temperature):
+        log.warning("the temperature reached the end of its range (%.3g, %d validation images): the validation "
+                    "split does not pin it down; its calibrated probabilities are not to be trusted",
+                    decision.temperature, len(scored.log_probabilities))  # fmt: skip
+    report = Report(metrics={"temperature": decision.temperature, "threshold": decision.threshold})
+    report |= calibration_report(scored, decision)
+    return decision, report
+
+
+def interval_report(scored: Scored, probability_all: np.ndarray, threshold: float, resamples: int, seed: int) -> Report:
+    """Bootstrap intervals of the test scores (``resamples`` draws of subjects, or of cells); none for 0."""
+    if not resamples:
+        return Report()
+    found = bootstrap_intervals(scored.targets, probability_all, threshold, scored.subjects, resamples, seed)
+    log.info("%s: %.0f%% intervals from %d bootstrap draws of %s", scored.prefix, found.level * 100,
+             found.resamples, found.method)  # fmt: skip
+    return Report(
+        metrics={f"{scored.prefix}_{key}_ci_{end}": value for key, (low, high) in found.bounds.items()
+                 for end, value in (("low", low), ("high", high))},
+        tags={f"{scored.prefix}_ci": f"{found.level:.0%} bootstrap, {found.resamples} draws of {found.method}"},
+    )  # fmt: skip
+
+
+def prediction_tables(identifiers: Sequence[str], probability_all: np.ndarray, predicted: np.ndarray,
+                      targets: np.ndarray | None) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """``submission.csv`` (``ID,label``: the split's own IDs, same rows, same order) and ``predictions.csv``
+    (with both calibrated class probabilities, and the true label where known)."""
+    submission = pd.DataFrame({"ID": list(identifiers), "label": predicted})
+    detail = submission.assign(probability_normal=1.0 - probability_all, probability_all=probability_all)
+    if targets is not None:
+        detail["true_label"] = targets
+    return {SUBMISSION: submission, PREDICTIONS: detail}
+
+
+def test_report(scored: Scored, decision: Decision, identifiers: Sequence[str], tta: str, bootstrap: int,
+                seed: int) -> Report:  # fmt: skip
+    """The test split at the decision: the submission and predictions, the subject table where subjects are
+    known and, with labels, the ``test_*`` metrics, intervals (``bootstrap`` draws), calibration, curves and
+    the confusion matrix (titled with the test-time augmentation ``tta``)."""
+    probability_all = decision.probability_all(scored.log_probabilities)
+    predicted = decision.labels(probability_all)
+    report = Report(tables=prediction_tables(identifiers, probability_all, predicted, scored.targets))
+    if scored.targets is None:
+        if scored.subjects is not None:
+            table = subject_table(probability_all, scored.subjects, decision.threshold)
+            report.tables[SUBJECT_TABLES[scored.prefix]] = table
+        return report
+    matrix = confusion_matrix(scored.targets, predicted, len(CLASS_NAMES))
+    prefix = scored.prefix
+    report.metrics = {f"{prefix}_{key}": value for key, value in classification_metrics(matrix, CLASS_NAMES).items()}
+    report.metrics[f"{prefix}_roc_auc"] = roc_auc(scored.targets, probability_all)
+    report |= calibration_report(scored, decision)
+    report |= interval_report(scored, probability_all, decision.threshold, bootstrap, seed)
+    title = scored.title(f"tta={tta}", f"threshold {decision.threshold:.3g}")
+    report.figures[f"figures/{prefix}_confusion_matrix.png"] = confusion_matrix_figure(matrix, CLASS_NAMES, title)
+    report.records[f"figures/{prefix}_confusion_matrix.json"] = confusion_counts(matrix, CLASS_NAMES)
+    return report
+
+
+def explanation_report(network: nn.Module, normalise: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor,
+                       chosen: dict[tuple[int, str], int], probability_all: np.ndarray, predicted: np.ndarray,
+                       title: str) -> Report:  # fmt: skip
+    """``figures/gradcam.png``: the ``chosen`` cells (per true class and outcome, see ``explain.showcase``), whose
+    uint8 images are ``pixels`` in that order, each beside its Grad-CAM overlay for its predicted class."""
+    indices = list(chosen.values())
+    overlays = explained(network, pixels, normalise, predicted[indices])
+    images = pixels.permute(0, 2, 3, 1).numpy()
+    panels = {key: (images[k], overlays[k], max(probability_all[i], 1 - probability_all[i]))
+              for k, (key, i) in enumerate(chosen.items())}  # fmt: skip
+    return Report(figures={"figures/gradcam.png": gradcam_figure(panels, CLASS_NAMES, title)})
