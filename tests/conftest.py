@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -165,9 +166,12 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``python run.py ARGS`` in ``cwd`` (where mlflow.db, mlruns/ and outputs/ land), run in this process: the
     command line's entry with its arguments, working folder, output and exit status, without the seconds a new
     interpreter spends importing torch and mlflow. What a process of its own proves (signals, the interpreter's
-    exit code, loader workers at exit, warnings as a user sees them) is tested with ``run_cli_process``."""
+    exit code, SLURM jobs, joblib's worker processes, which keep the folder they started in) is tested with
+    ``run_cli_process``."""
     stdout, stderr, argv, folder = io.StringIO(), io.StringIO(), sys.argv, Path.cwd()
     sys.argv, code = [str(REPO / "run.py"), *args], 0
+    root = logging.getLogger()
+    logging_before = root.level, list(root.handlers)  # Hydra configures logging for its job
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -183,6 +187,10 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     finally:
         sys.argv = argv
         os.chdir(folder)
+        for handler in set(root.handlers) - set(logging_before[1]):
+            handler.close()  # the run's log file
+        root.setLevel(logging_before[0])
+        root.handlers[:] = logging_before[1]
         kill_leftover_workers()  # as the process's exit would
         gc.unfreeze()  # the entry freezes what it loaded, for a process about to end
         gc.collect()  # its loaders go now
@@ -198,12 +206,16 @@ def run_cli_process(*args: str, cwd: Path, timeout: int = 600) -> subprocess.Com
     )  # fmt: skip
 
 
-def run_clis(commands: list[tuple[str, ...]], cwd: Path, timeout: int = 600) -> list[subprocess.CompletedProcess]:
-    """Several independent ``python run.py ARGS`` at once in ``cwd`` (cases that each fail before a run opens),
-    their results in order."""
+def run_clis(
+    commands: list[tuple[str, ...]], cwd: Path | list[Path], timeout: int = 600
+) -> list[subprocess.CompletedProcess]:
+    """Several independent ``python run.py ARGS`` processes at once in ``cwd`` (one folder, or one per command;
+    cases that each fail before a run opens), their results in order."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    started = [subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env) for args in commands]  # fmt: skip
+    folders = cwd if isinstance(cwd, list) else [cwd] * len(commands)
+    started = [subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=folder, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+               for args, folder in zip(commands, folders, strict=True)]  # fmt: skip
     results = []
     for process in started:
         stdout, stderr = process.communicate(timeout=timeout)

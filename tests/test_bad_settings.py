@@ -1,7 +1,9 @@
 """Every setting a user can get wrong ends in one line naming the key and the fix, before anything is read or
 any run opened: a table gives each field of every schema an invalid value."""
 
+import subprocess
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from hydra.errors import HydraException
@@ -10,7 +12,7 @@ from leukemia.__main__ import composition_error
 from leukemia.config import GROUPS, Config, check_config, group_schemas
 from leukemia.errors import UserError
 
-from conftest import compose_config, run_cli, runs_of
+from conftest import compose_config, run_clis, runs_of
 
 # field -> (the option that has it, an invalid override). Values a type rules out fail while Hydra composes;
 # the others fail the field's rule in check_config.
@@ -193,10 +195,19 @@ CLI_CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """Each case as a process of its own (its exit status is what is tested), in a folder of its own, all at
+    once."""
+    folders = [tmp_path_factory.mktemp("cli") for _ in CLI_CASES]
+    results = run_clis([tuple(filter(None, [first, second])) for first, second, _ in CLI_CASES], folders, timeout=300)
+    return {case[0]: (result, folder) for case, result, folder in zip(CLI_CASES, results, folders, strict=True)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("first,second,message", CLI_CASES, ids=[case[0] for case in CLI_CASES])
-def test_the_cli_exits_1_with_the_line_and_opens_no_run(tmp_path, first, second, message):
-    result = run_cli(*filter(None, [first, second]), cwd=tmp_path, timeout=120)
+def test_the_cli_exits_1_with_the_line_and_opens_no_run(cli_results, first, second, message):
+    result, tmp_path = cli_results[first]
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import FAST, client_for, free_port, run_cli, run_clis, runs_of, write_lab_layout
+from conftest import FAST, client_for, free_port, run_cli, run_cli_process, run_clis, runs_of, write_lab_layout
 
 pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
 
@@ -260,7 +260,7 @@ def serve(model: str, folder: Path, port: int) -> subprocess.Popen:
 
 def test_a_sweep_crowns_its_best_version_which_plot_names_predict_uses_and_a_server_serves(tmp_path):
     root = write_lab_layout(tmp_path / "lab", {"train": 48, "valid": 16, "test": 8})
-    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, f"data.root={root}",
+    result = run_cli_process("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, f"data.root={root}",
                      "trainer.epochs=1", "optim.lr=0.05,0.001", "registry.name=swept", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     client, jobs = runs_of(tmp_path, kind="train")

@@ -24,6 +24,7 @@ from conftest import (
     client_for,
     compose_config,
     run_cli,
+    run_cli_process,
     run_id_of,
     runs_of,
     start,
@@ -77,7 +78,7 @@ def test_resuming_a_run_that_is_still_training_is_refused_in_one_line(tiny_lab, 
             break
     run_id = run_id_of("".join(seen))
     try:
-        second = run_cli(f"resume={run_id}", "trainer.progress=false", cwd=tmp_path, timeout=300)
+        second = run_cli_process(f"resume={run_id}", "trainer.progress=false", cwd=tmp_path, timeout=300)
         still_training = training.poll() is None
     finally:
         training.send_signal(signal.SIGTERM)
@@ -182,7 +183,7 @@ def test_an_empty_path_cell_in_a_csv_manifest_is_named(tmp_path):
 @pytest.mark.slow
 def test_an_unwritable_sqlite_location_fails_at_once_in_one_line(tmp_path):
     started = time.monotonic()
-    result = run_cli("tracking.uri=sqlite:////proc/leukemia/mlflow.db", cwd=tmp_path, timeout=120)
+    result = run_cli_process("tracking.uri=sqlite:////proc/leukemia/mlflow.db", cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert last_line(result.stderr).startswith(
         "error: tracking.uri=sqlite:////proc/leukemia/mlflow.db: cannot write /proc/leukemia/mlflow.db ("
@@ -194,7 +195,7 @@ def test_an_unwritable_sqlite_location_fails_at_once_in_one_line(tmp_path):
 def test_a_deleted_experiment_is_refused_before_any_run_opens(tmp_path):
     client = client_for(tmp_path)
     client.delete_experiment(client.create_experiment("old"))
-    result = run_cli("tracking.experiment=old", cwd=tmp_path, timeout=120)
+    result = run_cli_process("tracking.experiment=old", cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = last_line(result.stderr)
     assert line.startswith("error: tracking.experiment=old: deleted in sqlite:///mlflow.db; restore it")
@@ -204,7 +205,7 @@ def test_a_deleted_experiment_is_refused_before_any_run_opens(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ["hydra.run.dir=/proc/leukemia-out", "paths.cache_dir=/proc/leukemia-cache"])
 def test_a_folder_that_cannot_be_made_is_named_in_one_line(tmp_path, setting):
-    result = run_cli(setting, "trainer.epochs=1", cwd=tmp_path, timeout=300)
+    result = run_cli_process(setting, "trainer.epochs=1", cwd=tmp_path, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     folder = setting.split("=", 1)[1]
     assert last_line(result.stderr).startswith(f"error: {folder}: no such file or directory; make it reachable")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, histories, run_cli, run_id_of, runs_of, start
+from conftest import FAST, histories, run_cli, run_cli_process, run_id_of, runs_of, start
 
 
 def slurm_answers() -> bool:
@@ -57,7 +57,7 @@ def test_a_sweep_runs_its_jobs_and_one_at_its_time_limit_ends_killed_with_its_co
     before its limit and is not requeued (max_num_timeout=0): its run ends KILLED, the sweep exits 1 with one
     line, and the run continues from its checkpoint. SLURM checks limits every 30 s or so: the signal came as
     early as 41 s after the jobs started, so job 0 must be done well before that."""
-    result = run_cli(*CLUSTER, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60",
+    result = run_cli_process(*CLUSTER, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60",
                      "hydra.launcher.max_num_timeout=0", *FAST,
                      f"data.root={tiny_lab}", "trainer.epochs=1,100000", cwd=tmp_path, timeout=400)  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]

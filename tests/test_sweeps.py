@@ -21,7 +21,7 @@ from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.schema import TrackingConfig
 from leukemia.tracking.store import LOCK_PAUSES_S
 
-from conftest import FAST, compose_config, free_port, run_cli, runs_of, signal_after, start
+from conftest import FAST, compose_config, free_port, run_cli, run_cli_process, runs_of, signal_after, start
 
 
 def metric_steps(client: MlflowClient, run, key: str) -> list[int]:
@@ -36,7 +36,7 @@ def last_line(result: subprocess.CompletedProcess) -> str:
 def test_three_parallel_joblib_jobs_on_one_sqlite_store_lose_nothing(tiny_lab, tmp_path):
     cache = tmp_path / "cache"
     sweep = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", "optim.lr=0.1,0.01,0.001")
-    result = run_cli(
+    result = run_cli_process(
         *sweep, *FAST, f"data.root={tiny_lab}", "trainer.epochs=2", f"paths.cache_dir={cache}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,7 +73,7 @@ def test_a_sweep_stopped_with_ctrl_c_leaves_its_own_run_and_its_job_killed(tiny_
 
 @pytest.mark.slow
 def test_a_failing_parallel_job_lets_the_others_finish_and_the_sweep_exits_1(tiny_lab, tmp_path):
-    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, f"data.root={tiny_lab}",
+    result = run_cli_process("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, f"data.root={tiny_lab}",
                      "trainer.epochs=1", "optim.lr=0.01,-1", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1
     line = last_line(result)

@@ -15,18 +15,19 @@ import numpy as np
 
 from leukemia.evaluation.decision import labels_at
 from leukemia.evaluation.metrics import classification_metrics, confusion_matrix, roc_auc
+from leukemia.names import CLASS_NAMES, INTERVAL_SCORES, ROC_AUC
 
 log = logging.getLogger(__name__)
 
-CI_METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc")
+CI_METRICS = INTERVAL_SCORES
 SUBJECTS, CELLS = "subjects", "cells"
 
 
 def scores(targets: np.ndarray, probability_all: np.ndarray, threshold: float) -> dict[str, float]:
     """The interval metrics of binary predictions at ``threshold``."""
     matrix = confusion_matrix(targets, labels_at(probability_all, threshold), 2)
-    metrics = classification_metrics(matrix, ("normal", "all"))
-    return {key: metrics[key] for key in CI_METRICS[:3]} | {"roc_auc": roc_auc(targets, probability_all)}
+    metrics = classification_metrics(matrix, CLASS_NAMES) | {ROC_AUC: roc_auc(targets, probability_all)}
+    return {key: metrics[key] for key in CI_METRICS}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
 from leukemia.evaluation.calibration import Reliability
+from leukemia.names import ACCURACY, LOSS, TRAIN, VAL, of
 
 
 def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
@@ -44,12 +45,12 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
 
 def learning_curves_figure(history: dict[str, list[float]], title: str) -> Figure:
     """Accuracy and loss per epoch, train against validation."""
-    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    epochs = np.arange(1, len(history[of(TRAIN, LOSS)]) + 1)
     figure = Figure(figsize=(11, 4))
     (accuracy_axis, loss_axis) = figure.subplots(1, 2)
-    for split in ("train", "val"):
-        accuracy_axis.plot(epochs, history[f"{split}_accuracy"], marker="o", label=split)
-        loss_axis.plot(epochs, history[f"{split}_loss"], marker="o", label=split)
+    for split in (TRAIN, VAL):
+        accuracy_axis.plot(epochs, history[of(split, ACCURACY)], marker="o", label=split)
+        loss_axis.plot(epochs, history[of(split, LOSS)], marker="o", label=split)
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     for axis in (accuracy_axis, loss_axis):

@@ -31,12 +31,23 @@ from leukemia.evaluation.metrics import (
     roc_auc,
 )
 from leukemia.evaluation.subjects import subject_metrics, subject_table
-from leukemia.names import CLASS_NAMES
+from leukemia.names import (
+    CLASS_NAMES,
+    ECE,
+    ECE_CALIBRATED,
+    ROC_AUC,
+    TEMPERATURE,
+    TEST,
+    THRESHOLD,
+    VAL,
+    interval,
+    of,
+)
 
 log = logging.getLogger(__name__)
 
 SUBMISSION, PREDICTIONS = "submission.csv", "predictions.csv"
-SUBJECT_TABLES = {"test": "subjects.csv", "val": "val_subjects.csv"}
+SUBJECT_TABLES = {TEST: "subjects.csv", VAL: "val_subjects.csv"}
 
 
 @dataclass(frozen=True)
@@ -82,10 +93,10 @@ def calibration_report(scored: Scored, decision: Decision) -> Report:
     )
     probability_all = probabilities[:, 1]
     trained, scaled = reliability(trained_probabilities, targets), reliability(probabilities, targets)
-    report = Report(metrics={f"{prefix}_ece": trained.ece, f"{prefix}_brier": brier(trained_probabilities, targets),
-                             f"{prefix}_ece_calibrated": scaled.ece,
-                             f"{prefix}_brier_calibrated": brier(probabilities, targets),
-                             f"{prefix}_average_precision": average_precision(targets, probability_all)})  # fmt: skip
+    report = Report(metrics={of(prefix, ECE): trained.ece, of(prefix, "brier"): brier(trained_probabilities, targets),
+                             of(prefix, ECE_CALIBRATED): scaled.ece,
+                             of(prefix, "brier_calibrated"): brier(probabilities, targets),
+                             of(prefix, "average_precision"): average_precision(targets, probability_all)})  # fmt: skip
     curves = {"as trained": trained, f"temperature {decision.temperature:.2f}": scaled}
     report.figures[f"figures/{prefix}_reliability.png"] = reliability_figure(curves, scored.title())
     predicted = decision.labels(probability_all)
@@ -95,7 +106,7 @@ def calibration_report(scored: Scored, decision: Decision) -> Report:
     if scored.subjects is not None:
         table = subject_table(probability_all, scored.subjects, decision.threshold, targets)
         report.tables[SUBJECT_TABLES[prefix]] = table
-        report.metrics |= {f"{prefix}_{key}": value for key, value in subject_metrics(table).items()}
+        report.metrics |= {of(prefix, key): value for key, value in subject_metrics(table).items()}
     return report
 
 
@@ -107,7 +118,7 @@ def validation_report(scored: Scored, threshold: str) -> tuple[Decision, Report]
         log.warning("the temperature reached the end of its range (%.3g, %d validation images): the validation "
                     "split does not pin it down; its calibrated probabilities are not to be trusted",
                     decision.temperature, len(scored.log_probabilities))  # fmt: skip
-    report = Report(metrics={"temperature": decision.temperature, "threshold": decision.threshold})
+    report = Report(metrics={TEMPERATURE: decision.temperature, THRESHOLD: decision.threshold})
     report |= calibration_report(scored, decision)
     return decision, report
 
@@ -120,8 +131,8 @@ def interval_report(scored: Scored, probability_all: np.ndarray, threshold: floa
     log.info("%s: %.0f%% intervals from %d bootstrap draws of %s", scored.prefix, found.level * 100,
              found.resamples, found.method)  # fmt: skip
     return Report(
-        metrics={f"{scored.prefix}_{key}_ci_{end}": value for key, (low, high) in found.bounds.items()
-                 for end, value in (("low", low), ("high", high))},
+        metrics={name: value for key, bounds in found.bounds.items()
+                 for name, value in zip(interval(of(scored.prefix, key)), bounds, strict=True)},
         tags={f"{scored.prefix}_ci": f"{found.level:.0%} bootstrap, {found.resamples} draws of {found.method}"},
     )  # fmt: skip
 
@@ -152,8 +163,8 @@ def test_report(scored: Scored, decision: Decision, identifiers: Sequence[str], 
         return report
     matrix = confusion_matrix(scored.targets, predicted, len(CLASS_NAMES))
     prefix = scored.prefix
-    report.metrics = {f"{prefix}_{key}": value for key, value in classification_metrics(matrix, CLASS_NAMES).items()}
-    report.metrics[f"{prefix}_roc_auc"] = roc_auc(scored.targets, probability_all)
+    report.metrics = {of(prefix, key): value for key, value in classification_metrics(matrix, CLASS_NAMES).items()}
+    report.metrics[of(prefix, ROC_AUC)] = roc_auc(scored.targets, probability_all)
     report |= calibration_report(scored, decision)
     report |= interval_report(scored, probability_all, decision.threshold, bootstrap, seed)
     title = scored.title(f"tta={tta}", f"threshold {decision.threshold:.3g}")

@@ -22,7 +22,30 @@ from omegaconf import DictConfig, OmegaConf
 from leukemia.config import Config
 from leukemia.errors import UserError
 from leukemia.evaluation.figures import comparison_figure, confusion_grid_figure
-from leukemia.names import CLASS_NAMES
+from leukemia.names import (
+    ACCURACY,
+    BALANCED_ACCURACY,
+    BEST_EPOCH,
+    CHALLENGE,
+    CLASS_ACCURACIES,
+    CLASS_NAMES,
+    ECE,
+    ECE_CALIBRATED,
+    F1_WEIGHTED,
+    INTERVAL_SCORES,
+    LOSS,
+    SUBJECT_ACCURACY,
+    SUBJECT_BALANCED_ACCURACY,
+    TEMPERATURE,
+    TEST,
+    THRESHOLD,
+    TRAIN,
+    VAL,
+    best,
+    final,
+    interval,
+    of,
+)
 from leukemia.tasks.context import launch_context, output_dir
 from leukemia.tracking.registry import CHAMPION, Version, versions_of
 from leukemia.tracking.runs import tracked_run
@@ -30,31 +53,23 @@ from leukemia.tracking.store import RunRecord, Store
 
 log = logging.getLogger(__name__)
 
-CURVES = ("train_accuracy", "val_accuracy", "train_loss", "val_loss")
+CURVES = tuple(of(split, score) for score in (ACCURACY, LOSS) for split in (TRAIN, VAL))
 # Hyper-parameters every summary row shows; any other param that differs between the runs is added.
 KEY_PARAMS = ("model.name", "optim.name", "optim.lr", "data.batch_size", "data.image_size", "trainer.epochs")
 SUMMARY_METRICS = (
-    "best_epoch",
-    "best_val_accuracy",
-    "best_val_balanced_accuracy",
-    "best_val_f1_weighted",
-    "best_val_accuracy_normal",
-    "best_val_accuracy_all",
-    "test_accuracy",
-    "test_balanced_accuracy",
-    "test_f1_weighted",
-    "test_roc_auc",
-    "test_subject_accuracy",
-    "test_subject_balanced_accuracy",
-    "test_ece",
-    "test_ece_calibrated",
-    "temperature",
-    "threshold",
+    BEST_EPOCH,
+    *(best(of(VAL, score)) for score in (ACCURACY, BALANCED_ACCURACY, F1_WEIGHTED, *CLASS_ACCURACIES)),
+    *(
+        of(TEST, score)
+        for score in (*INTERVAL_SCORES, SUBJECT_ACCURACY, SUBJECT_BALANCED_ACCURACY, ECE, ECE_CALIBRATED)
+    ),
+    TEMPERATURE,
+    THRESHOLD,
 )
 # Test scores logged with bootstrap intervals (test_<score>_ci_low, _ci_high); the Markdown table shows each
 # as ``score [low, high]``, and whether each run's interval of the challenge metric overlaps the best run's.
-INTERVAL_METRICS = ("test_accuracy", "test_balanced_accuracy", "test_f1_weighted", "test_roc_auc")
-CHALLENGE = "test_f1_weighted"
+INTERVAL_METRICS = tuple(of(TEST, score) for score in INTERVAL_SCORES)
+CHALLENGE_METRIC = of(TEST, CHALLENGE)
 # Params that differ between runs without being hyper-parameters (or that follow from one, as the depth).
 NOT_HYPERPARAMETERS = ("dataset.", "paths.", "tracking.", "run_name", "run_id", "weights", "plot.", "task",
                        "model.depth", "data.test_csv", "data.test_labels_csv")  # fmt: skip
@@ -107,8 +122,8 @@ def summary_table(runs: list[RunRecord], varying: list[str], versions: list[Vers
         row |= {"registered": registered[run.id]} if versions else {}
         row |= {key: run.params.get(key, "") for key in columns}
         row |= {key: run.metrics[key] for key in SUMMARY_METRICS if key in run.metrics}
-        row |= {f"{key}_ci_{end}": run.metrics[f"{key}_ci_{end}"] for key in INTERVAL_METRICS
-                for end in ("low", "high") if f"{key}_ci_{end}" in run.metrics}  # fmt: skip
+        row |= {bound: run.metrics[bound] for key in INTERVAL_METRICS for bound in interval(key)
+                if bound in run.metrics}  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -123,27 +138,27 @@ def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
 
     shown = table.copy()
     for key in INTERVAL_METRICS:
-        low, high = f"{key}_ci_low", f"{key}_ci_high"
+        low, high = interval(key)
         if low in shown:
             shown[key] = [shown_with(*values) for values in zip(table[key], table[low], table[high], strict=True)]
             shown = shown.drop(columns=[low, high])
-    if f"{CHALLENGE}_ci_low" in table and table[CHALLENGE].notna().any():
-        best = table[CHALLENGE].idxmax()
-        floor = table.loc[best, f"{CHALLENGE}_ci_low"]
-        shown["f1_weighted vs best"] = ["best" if index == best else "" if np.isnan(high) else
-                                        "within noise" if high >= floor else "below"
-                                        for index, high in table[f"{CHALLENGE}_ci_high"].items()]  # fmt: skip
+    low, high = interval(CHALLENGE_METRIC)
+    if low in table and table[CHALLENGE_METRIC].notna().any():
+        top = table[CHALLENGE_METRIC].idxmax()
+        floor = table.loc[top, low]
+        shown[f"{CHALLENGE} vs best"] = ["best" if index == top else "" if np.isnan(upper) else
+                                         "within noise" if upper >= floor else "below"
+                                         for index, upper in table[high].items()]  # fmt: skip
     return shown
 
 
-CV_METRICS = ("val_accuracy", "val_balanced_accuracy", "val_f1_weighted", "val_accuracy_normal", "val_accuracy_all",
-              "val_loss")  # fmt: skip
+CV_METRICS = tuple(of(VAL, score) for score in (ACCURACY, BALANCED_ACCURACY, F1_WEIGHTED, *CLASS_ACCURACIES, LOSS))
 FOLD_PARAMS = ("data.fold",)  # what differs between the folds of one configuration
 
 
 def worst_fold(metric: str) -> tuple[str, Any]:
     """The column for a metric's worst fold and how to find it: the highest loss, the lowest score."""
-    return (f"{metric}_max", np.max) if metric == "val_loss" else (f"{metric}_min", np.min)
+    return (f"{metric}_max", np.max) if metric == of(VAL, LOSS) else (f"{metric}_min", np.min)
 
 
 def cv_summary(runs: list[RunRecord], varying: list[str]) -> pd.DataFrame | None:
@@ -161,7 +176,7 @@ def cv_summary(runs: list[RunRecord], varying: list[str]) -> pd.DataFrame | None
     for values, members in groups.items():
         row: dict[str, Any] = dict(zip(configuration, values, strict=True)) | {"folds": len(members)}
         for metric in CV_METRICS:
-            finals = np.array([run.metrics.get(f"final_{metric}", np.nan) for run in members])
+            finals = np.array([run.metrics.get(final(metric), np.nan) for run in members])
             row[f"{metric}_mean"] = float(np.mean(finals))
             row[f"{metric}_std"] = float(np.std(finals, ddof=1)) if len(finals) > 1 else np.nan
             column, worst = worst_fold(metric)
@@ -184,7 +199,7 @@ def markdown(table: pd.DataFrame) -> str:
 
     def cell(column: str, value: object) -> str:
         if isinstance(value, float):
-            return "" if np.isnan(value) else f"{value:.0f}" if column == "best_epoch" else f"{value:.4f}"
+            return "" if np.isnan(value) else f"{value:.0f}" if column == BEST_EPOCH else f"{value:.4f}"
         return str(value)
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]

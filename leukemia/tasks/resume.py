@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukemia.config import Task
 from leukemia.errors import UserError
+from leukemia.names import LOSS, TRAIN, of
 from leukemia.tasks.context import command_line_overrides, override_key
 from leukemia.tracking.runs import Run
 from leukemia.tracking.store import RunRecord, Store
@@ -79,7 +80,7 @@ def requeued_run(job_folder: Path) -> str | None:
 def _checkpoint_state(checkpoint: Path, store: Store, record: RunRecord) -> dict[str, Any] | None:
     """The run's checkpoint; None when the run was stopped before its first epoch ended (it then starts over,
     in the same MLflow run)."""
-    if not checkpoint.exists() and checkpoint.parent.is_dir() and not store.history(record.id, "train_loss"):
+    if not checkpoint.exists() and checkpoint.parent.is_dir() and not store.history(record.id, of(TRAIN, LOSS)):
         return None
     state = load_checkpoint(checkpoint)
     if state["run_id"] != record.id:
@@ -117,6 +118,6 @@ def resume_point(cfg: DictConfig, run_id: str, hold: ExitStack) -> ResumePoint:
 def log_unlogged_epochs(run: Run, uri: str, history: dict[str, list[float]]) -> None:
     """Log the checkpointed epochs whose metrics never reached MLflow (a run killed between writing an epoch's
     checkpoint and logging its metrics)."""
-    logged = len(Store(uri).history(run.id, "train_loss"))
-    for epoch in range(logged + 1, len(history["train_loss"]) + 1):
+    logged = len(Store(uri).history(run.id, of(TRAIN, LOSS)))
+    for epoch in range(logged + 1, len(history[of(TRAIN, LOSS)]) + 1):
         run.log_metrics({key: values[epoch - 1] for key, values in history.items()}, step=epoch)

@@ -32,6 +32,7 @@ from leukemia.evaluation.report import (
     test_report,
     validation_report,
 )
+from leukemia.names import ECE, ECE_CALIBRATED, INTERVAL_SCORES, SUBJECT_ACCURACY, TEST, VAL, of
 from leukemia.tasks.context import output_dir
 from leukemia.tracking.runs import Run
 from leukemia.training.engine import predict
@@ -39,7 +40,7 @@ from leukemia.training.runtime import Acceleration
 
 log = logging.getLogger(__name__)
 
-SHOWN = ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc", "ece", "ece_calibrated", "subject_accuracy")
+SHOWN = (*INTERVAL_SCORES, ECE, ECE_CALIBRATED, SUBJECT_ACCURACY)
 
 
 @dataclass
@@ -69,11 +70,11 @@ class Evaluator:
     def calibrate(self, valid: Manifest) -> Decision:
         """The decision fitted on the validation split, logged with the split's calibration, curves and
         subject scores."""
-        decision, report = validation_report(self.scored("val", valid, "calibrate (valid)"), self.cfg.eval.threshold)
+        decision, report = validation_report(self.scored(VAL, valid, "calibrate (valid)"), self.cfg.eval.threshold)
         self.run.log_report(report)
         log.info("validation: temperature %.3f, threshold %.3f (eval.threshold=%s), ECE %.4f -> %.4f calibrated",
-                 decision.temperature, decision.threshold, self.cfg.eval.threshold, report.metrics["val_ece"],
-                 report.metrics["val_ece_calibrated"])  # fmt: skip
+                 decision.temperature, decision.threshold, self.cfg.eval.threshold, report.metrics[of(VAL, ECE)],
+                 report.metrics[of(VAL, ECE_CALIBRATED)])  # fmt: skip
         return decision
 
     def explanation(self, test: Manifest, scored: Scored, decision: Decision) -> Report:
@@ -93,7 +94,7 @@ class Evaluator:
         the subject table where subjects are known; with labels, the ``test_*`` metrics (returned), intervals
         and figures."""
         cfg = self.cfg
-        scored = self.scored("test", test, "test")
+        scored = self.scored(TEST, test, "test")
         report = test_report(scored, decision, test.identifiers(), TTA(cfg.eval.tta).value, cfg.eval.bootstrap,
                              cfg.seed)  # fmt: skip
         if scored.targets is not None:
@@ -107,6 +108,6 @@ class Evaluator:
         if scored.targets is None:
             log.info("the test split has no labels: predictions only")
         else:
-            log.info("test: %s", "  ".join(f"{key} {report.metrics[f'test_{key}']:.4f}" for key in SHOWN
-                                            if f"test_{key}" in report.metrics))  # fmt: skip
+            log.info("test: %s", "  ".join(f"{key} {report.metrics[of(TEST, key)]:.4f}" for key in SHOWN
+                                            if of(TEST, key) in report.metrics))  # fmt: skip
         return report.metrics

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from leukemia import names
 from leukemia.config import Config, check_config
 from leukemia.data.augmentation import BatchAugmentation
 from leukemia.data.decoding import png
@@ -19,7 +20,21 @@ from leukemia.errors import UserError
 from leukemia.evaluation.decision import Decision
 from leukemia.evaluation.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
 from leukemia.evaluation.metrics import confusion_counts
-from leukemia.names import CLASS_NAMES
+from leukemia.names import (
+    BEST_EPOCH,
+    CLASS_NAMES,
+    ECE,
+    ECE_CALIBRATED,
+    INTERVAL_SCORES,
+    SUBJECT_ACCURACY,
+    SUBJECT_BALANCED_ACCURACY,
+    SUBJECTS,
+    TEST,
+    VAL,
+    final,
+    interval,
+    of,
+)
 from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, sweep_job_number, sweep_run_id
 from leukemia.tasks.resume import CHECKPOINT_TAG, ResumePoint, log_unlogged_epochs, requeued_run, resume_point
 from leukemia.tasks.scoring import Evaluator
@@ -63,10 +78,10 @@ def log_training_preview(run: Run, cfg: Config, splits: Splits, run_name: str) -
 
 def _log_outcome(run: Run, run_name: str, best: BestEpoch, history: dict[str, list[float]]) -> None:
     """End-of-run artifacts: best- and final-epoch metrics, confusion matrix (figure + counts), curves, weights."""
-    run.log_metrics({"best_epoch": best.epoch} | {f"best_{key}": value for key, value in best.metrics.items()})
+    run.log_metrics({BEST_EPOCH: best.epoch} | {names.best(key): value for key, value in best.metrics.items()})
     # The last epoch's validation scores: what cross-validation reports, as picking an epoch by the validation
     # fold would flatter it.
-    run.log_metrics({f"final_{key}": values[-1] for key, values in history.items() if key.startswith("val_")})
+    run.log_metrics({final(key): values[-1] for key, values in history.items() if key.startswith(of(VAL, ""))})
     title = f"{run_name}: validation, best epoch {best.epoch} by {best.monitor.value}"
     run.log_figure(confusion_matrix_figure(best.matrix, CLASS_NAMES, title), "figures/confusion_matrix.png")
     run.log_dict(confusion_counts(best.matrix, CLASS_NAMES, epoch=best.epoch), "figures/confusion_matrix.json")
@@ -138,14 +153,15 @@ def _finish(run: Run, trainer: Trainer, progress: Progress, splits: Splits, stop
     return best.value
 
 
-def _scores(metrics: dict[str, float], prefix: str) -> str:
+def _scores(metrics: dict[str, float], split: str) -> str:
     """``accuracy 0.9560 [0.9300, 0.9780], …``: a split's main scores, with their intervals where logged."""
     shown = []
-    for key in (f"{prefix}{name}" for name in ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc")):
+    for score in INTERVAL_SCORES:
+        key = of(split, score)
         if key in metrics:
-            low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-            interval = "" if low is None else f" [{low:.4f}, {high:.4f}]"
-            shown.append(f"{key.removeprefix(prefix)} {metrics[key]:.4f}{interval}")
+            low, high = (metrics.get(bound) for bound in interval(key))
+            bounds = "" if low is None else f" [{low:.4f}, {high:.4f}]"
+            shown.append(f"{score} {metrics[key]:.4f}{bounds}")
     return ", ".join(shown)
 
 
@@ -155,20 +171,20 @@ def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float]
     figures = ("confusion_matrix", "learning_curves", "train_samples", "val_reliability")
     figures += ("test_confusion_matrix", "test_roc", "test_pr", "test_reliability", "gradcam") if tested else ()
     links = ", ".join(f"[{name.replace('_', ' ')}]({run.artifact_link(f'figures/{name}.png')})" for name in figures)
-    subjects = tested.get("test_subjects")
+    subjects = tested.get(of(TEST, SUBJECTS))
+    ece, calibrated_ece = tested.get(of(TEST, ECE)), tested.get(of(TEST, ECE_CALIBRATED))
     return "\n".join([
         f"**{cfg.model.name}** on **{cfg.data.name}** ({cfg.data.root}), {cfg.optim.name} lr {cfg.optim.lr:g}, "
         f"{cfg.trainer.epochs} epochs",
         "",
         f"- best epoch: {best.epoch}, by {best.monitor.value} {best.value:.4f}",
-        f"- validation (best epoch): {_scores(best.metrics, 'val_')}",
+        f"- validation (best epoch): {_scores(best.metrics, VAL)}",
         f"- calibrated on validation: temperature {decision.temperature:.3f}, threshold "
         f"{decision.threshold:.3f} (eval.threshold={cfg.eval.threshold})",
-        f"- test: {_scores(tested, 'test_') or 'no labelled test split'}",
-        *([f"- test subjects ({subjects:.0f}): accuracy {tested['test_subject_accuracy']:.4f}, balanced accuracy "
-           f"{tested['test_subject_balanced_accuracy']:.4f}"] if subjects else []),
-        *([f"- test calibration: ECE {tested['test_ece']:.4f} as trained, {tested['test_ece_calibrated']:.4f} "
-           f"calibrated"] if "test_ece" in tested else []),
+        f"- test: {_scores(tested, TEST) or 'no labelled test split'}",
+        *([f"- test subjects ({subjects:.0f}): accuracy {tested[of(TEST, SUBJECT_ACCURACY)]:.4f}, balanced accuracy "
+           f"{tested[of(TEST, SUBJECT_BALANCED_ACCURACY)]:.4f}"] if subjects else []),
+        *([f"- test calibration: ECE {ece:.4f} as trained, {calibrated_ece:.4f} calibrated"] * (ece is not None)),
         f"- model: `runs:/{run.id}/{MODEL_NAME}`" + (f", a version of `{cfg.registry.name}`" * bool(cfg.registry.name)),
         f"- figures: {links}",
     ])  # fmt: skip

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from leukemia.errors import UserError
+from leukemia.names import best
 from leukemia.tracking.registry import crown
 from leukemia.tracking.runs import run_link
 from leukemia.tracking.store import RunRecord, Store, client_of, ensure_experiment, retry_when_locked, ui_base
@@ -23,18 +24,18 @@ log = logging.getLogger(__name__)
 def best_job(config: DictConfig, sweep_dir: str) -> RunRecord | None:
     """The sweep's finished job with the best ``trainer.monitor`` value, named in the log with its link."""
     store = Store(config.tracking.uri)
-    monitor = Monitor(config.trainer.monitor).value
+    monitor = Monitor(config.trainer.monitor)
+    key = best(monitor.value)
     jobs = [run for run in store.runs(config.tracking.experiment)
-            if run.tags.get("sweep_id") == sweep_dir and f"best_{monitor}" in run.metrics]  # fmt: skip
+            if run.tags.get("sweep_id") == sweep_dir and key in run.metrics]  # fmt: skip
     if not jobs:
         log.warning("no finished job of this sweep is in %s", config.tracking.uri)
         return None
-    pick = min if Monitor(monitor).direction == "minimize" else max
-    best = pick(jobs, key=lambda run: run.metrics[f"best_{monitor}"])
-    link = run_link(ui_base(config.tracking.uri, config.tracking.ui_url), best.experiment_id, best.id)
-    log.info("best job of %d: %s, %s %.4f, overrides: %s; open %s", len(jobs), best.name, monitor,
-             best.metrics[f"best_{monitor}"], best.tags.get("overrides", ""), link)  # fmt: skip
-    return best
+    chosen = (min if monitor.direction == "minimize" else max)(jobs, key=lambda run: run.metrics[key])
+    link = run_link(ui_base(config.tracking.uri, config.tracking.ui_url), chosen.experiment_id, chosen.id)
+    log.info("best job of %d: %s, %s %.4f, overrides: %s; open %s", len(jobs), chosen.name, monitor.value,
+             chosen.metrics[key], chosen.tags.get("overrides", ""), link)  # fmt: skip
+    return chosen
 
 
 class SweepRun:
@@ -57,17 +58,17 @@ class SweepRun:
     def honour_best(self, config: DictConfig) -> None:
         """The best job recorded on the sweep's run, tagged the best trial of an Optuna search and, with
         ``registry.name``, its version made the champion."""
-        best = best_job(config, self.sweep_dir)
-        if best is None:
+        chosen = best_job(config, self.sweep_dir)
+        if chosen is None:
             return
-        key = f"best_{Monitor(config.trainer.monitor).value}"
-        retry_when_locked(self.client.set_tag)(self.run_id, "best_run", best.id)
-        retry_when_locked(self.client.log_metric)(self.run_id, key, best.metrics[key])
+        key = best(Monitor(config.trainer.monitor).value)
+        retry_when_locked(self.client.set_tag)(self.run_id, "best_run", chosen.id)
+        retry_when_locked(self.client.log_metric)(self.run_id, key, chosen.metrics[key])
         if "study_name" in config.hydra.sweeper:
-            Store(config.tracking.uri).tag(best.id, "best_trial", "true")
+            Store(config.tracking.uri).tag(chosen.id, "best_trial", "true")
         if config.registry.name:
             try:
-                log.info("champion: %s", crown(config.tracking.uri, config.registry.name, best.id))
+                log.info("champion: %s", crown(config.tracking.uri, config.registry.name, chosen.id))
             except UserError as error:
                 log.warning("%s", error.one_line())
 

@@ -21,7 +21,7 @@ from leukemia.data.schema import Balance
 from leukemia.errors import UserError
 from leukemia.evaluation.metrics import classification_metrics, confusion_matrix
 from leukemia.models import build_model
-from leukemia.names import CLASS_NAMES
+from leukemia.names import ACCURACY, CLASS_NAMES, LOSS, TRAIN, VAL, of
 from leukemia.training.checkpoint import random_states, restore_random_states, save_checkpoint
 from leukemia.training.engine import NonFiniteLoss, run_epoch
 from leukemia.training.optim import build_optimizer, build_scheduler
@@ -188,11 +188,11 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         matrix = confusion_matrix(validated.targets, validated.predictions, cfg.model.num_classes)
-        val_metrics = {f"val_{k}": v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
-        val_metrics["val_loss"] = validated.loss
-        metrics = {"train_loss": trained.loss, "train_accuracy": trained.accuracy, "lr": lr} | val_metrics
+        val_metrics = {of(VAL, k): v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
+        val_metrics[of(VAL, LOSS)] = validated.loss
+        metrics = {of(TRAIN, LOSS): trained.loss, of(TRAIN, ACCURACY): trained.accuracy, "lr": lr} | val_metrics
         timing = trained.timing
-        metrics |= {"train_images_per_s": timing["images_per_s"], "data_wait_fraction": timing["data_wait_fraction"]}
+        metrics |= dict(zip(TIMING_METRICS, (timing["images_per_s"], timing["data_wait_fraction"]), strict=True))
         return metrics, matrix, trained.skipped + validated.skipped
 
     def fit(self, progress: Progress, checkpoint: Path, run_id: str, stop: StopRequest, log_epoch: EpochLogger) -> None:
@@ -203,7 +203,7 @@ class Trainer:
                 with stop.interruptible():  # a stop ends this at once; the checkpoint and logging below finish first
                     metrics, matrix, skipped = self.epoch(epoch, stop)
                 metrics["skipped_images"] = progress.skipped.add(skipped)
-                val_metrics = {key: value for key, value in metrics.items() if key.startswith("val_")}
+                val_metrics = {key: value for key, value in metrics.items() if key.startswith(of(VAL, ""))}
                 improved = progress.best.update(epoch, val_metrics, matrix, self.model)
                 progress.record(epoch, metrics)
                 save_checkpoint(self.checkpoint(progress, run_id), checkpoint)
