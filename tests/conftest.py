@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -24,6 +25,12 @@ from PIL import Image
 from leukemia.__main__ import cli
 from leukemia.data.loading import kill_leftover_workers
 from leukemia.training.loop import TIMING_METRICS
+
+# Under pytest-xdist every core runs a worker: one thread each (and in the processes they start), so that two
+# workers' torch thread pools do not fight over the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "leukemia" / "conf"

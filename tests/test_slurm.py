@@ -22,6 +22,7 @@ def slurm_answers() -> bool:
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("slurm"),  # one test's jobs at a time on the one-node cluster: their time limits hold
     pytest.mark.skipif(not slurm_answers(), reason="no SLURM cluster answers here (start one: scripts/local_slurm.sh)"),
 ]
 

@@ -184,7 +184,7 @@ def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float]
         f"- test: {_scores(tested, TEST) or 'no labelled test split'}",
         *([f"- test subjects ({subjects:.0f}): accuracy {tested[of(TEST, SUBJECT_ACCURACY)]:.4f}, balanced accuracy "
            f"{tested[of(TEST, SUBJECT_BALANCED_ACCURACY)]:.4f}"] if subjects else []),
-        *([f"- test calibration: ECE {ece:.4f} as trained, {calibrated_ece:.4f} calibrated"] * (ece is not None)),
+        *([] if ece is None else [f"- test calibration: ECE {ece:.4f} as trained, {calibrated_ece:.4f} calibrated"]),
         f"- model: `runs:/{run.id}/{MODEL_NAME}`" + (f", a version of `{cfg.registry.name}`" * bool(cfg.registry.name)),
         f"- figures: {links}",
     ])  # fmt: skip
