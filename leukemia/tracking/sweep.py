@@ -1,6 +1,6 @@
 """What a sweep (``python run.py -m …``) does once, in the launching process, around its jobs.
 
-Hydra calls ``SweepCallback`` (named under ``hydra.callbacks`` in conf/config.yaml) before the launcher starts
+Hydra calls ``SweepCallback`` (named under ``hydra.callbacks`` in leukemia/conf/config.yaml) before the launcher starts
 any job and after the last one ends, whatever the launcher: the basic one, joblib's parallel processes, or
 submitit's SLURM or local jobs.
 """
@@ -63,6 +63,7 @@ class SweepCallback(Callback):
         self.run.honour_best(config)
         failed = job_failures(Path(self.sweep_dir))
         self.run.close("FAILED" if failed else "FINISHED")
+        atexit.unregister(self.run.close)  # closed: nothing left for the exit to do
         if failed:
             first = failed[0].read_text().strip().removeprefix("error: ")
             sys.exit(f"error: {len(failed)} job(s) of the sweep failed, the first ({failed[0].parent}): {first}")
