@@ -19,7 +19,6 @@ from leukemia.names import CLASS_NAMES, INTERVAL_SCORES, ROC_AUC
 
 log = logging.getLogger(__name__)
 
-CI_METRICS = INTERVAL_SCORES
 SUBJECTS, CELLS = "subjects", "cells"
 
 
@@ -27,7 +26,7 @@ def scores(targets: np.ndarray, probability_all: np.ndarray, threshold: float) -
     """The interval metrics of binary predictions at ``threshold``."""
     matrix = confusion_matrix(targets, labels_at(probability_all, threshold), 2)
     metrics = classification_metrics(matrix, CLASS_NAMES) | {ROC_AUC: roc_auc(targets, probability_all)}
-    return {key: metrics[key] for key in CI_METRICS}
+    return {key: metrics[key] for key in INTERVAL_SCORES}
 
 
 @dataclass(frozen=True)
@@ -85,11 +84,11 @@ def bootstrap_intervals(
     seed: int = 0,
     level: float = 0.95,
 ) -> Intervals:
-    """Percentile intervals of CI_METRICS over ``resamples`` draws, each the same number of subjects (or
+    """Percentile intervals of INTERVAL_SCORES over ``resamples`` draws, each the same number of subjects (or
     cells) per class as the data, drawn with replacement; draws where a metric is undefined are ignored."""
     method, groups = clusters(np.asarray(targets), subjects)
     rng = np.random.default_rng(seed)
-    draws = {key: np.empty(resamples) for key in CI_METRICS}
+    draws = {key: np.empty(resamples) for key in INTERVAL_SCORES}
     for r in range(resamples):
         index = np.concatenate([group.draw(rng) for group in groups])
         for key, value in scores(targets[index], probability_all[index], threshold).items():

@@ -85,13 +85,13 @@ def comparison_figure(histories: dict[str, dict[str, list[float]]], metric: str,
     axis = figure.subplots()
     colours = sns.color_palette("tab10", max(len(histories), 3))
     for colour, (label, history) in zip(colours, histories.items(), strict=False):
-        for split, style in (("train", "--"), ("val", "-")):
-            values = history.get(f"{split}_{metric}", [])
+        for split, style in ((TRAIN, "--"), (VAL, "-")):
+            values = history.get(of(split, metric), [])
             epochs = np.arange(1, len(values) + 1)
             axis.plot(epochs, values, style, color=colour, marker="o", markersize=3, label=f"{label} ({split})")
     axis.set(xlabel="epoch", ylabel=ylabel, title=title)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if metric == "accuracy":
+    if metric == ACCURACY:
         axis.set_ylim(0, 1.02)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="best")

@@ -113,7 +113,7 @@ class CellModel(mlflow.pyfunc.PythonModel):
 def outputs(decision: Decision, log_probabilities: np.ndarray) -> pd.DataFrame:
     """The model's output columns for (N, classes) log-probabilities: the calibrated probability of ALL, and the
     label at the threshold."""
-    probability = decision.probability_all(log_probabilities).astype(np.float64)
+    probability = decision.probability_all(log_probabilities)  # float64
     return pd.DataFrame({PROBABILITY: probability, LABEL: decision.labels(probability)})
 
 
