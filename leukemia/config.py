@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from leukemia.data.layouts import LAYOUTS
 from leukemia.data.schema import AUGMENTATIONS, AugmentationConfig, Cache, DataConfig, PathsConfig
 from leukemia.errors import UserError
-from leukemia.schema import FRACTION, NOT_NEGATIVE, POSITIVE, RUN_IDS, SEED, TEXT, Rule, checked
+from leukemia.schema import FRACTION, POSITIVE, RUN_IDS, SEED, TEXT, Rule, checked
 from leukemia.tracking.schema import RegistryConfig, TrackingConfig
 from leukemia.training.schema import (
     MODELS,
@@ -55,6 +55,9 @@ def _is_threshold(value: Any) -> bool:
         return False
 
 
+MIN_RESAMPLES = 200  # bootstrap draws: fewer leave an interval's bounds to chance
+
+
 @dataclass
 class EvalConfig:
     tta: TTA = TTA.none
@@ -63,8 +66,9 @@ class EvalConfig:
     # A cell (or a subject, by its mean) is called ALL when its calibrated probability of ALL is at least this;
     # `balanced`: the value that maximises balanced accuracy on the validation split, then fixed.
     threshold: str = checked("0.5", Rule(_is_threshold, "must be a number between 0 and 1 (e.g. 0.5) or balanced"))
-    # Bootstrap draws for the test scores' 95% intervals (of subjects where known, else of cells); 0: none.
-    bootstrap: int = checked(1000, NOT_NEGATIVE)
+    # Bootstrap draws for the test scores' 95% intervals (of subjects where known, else of cells).
+    bootstrap: int = checked(1000, Rule(lambda v: v >= MIN_RESAMPLES, f"must be at least {MIN_RESAMPLES} (fewer "
+                                        f"draws leave the interval's bounds to chance)"))  # fmt: skip
 
 
 @dataclass

@@ -11,11 +11,19 @@ ACCURACY, BALANCED_ACCURACY, F1_WEIGHTED = "accuracy", "balanced_accuracy", "f1_
 LOSS, ROC_AUC = "loss", "roc_auc"
 CLASS_ACCURACIES = tuple(f"{ACCURACY}_{name}" for name in CLASS_NAMES)
 ECE, ECE_CALIBRATED = "ece", "ece_calibrated"
-SUBJECTS, SUBJECT_ACCURACY, SUBJECT_BALANCED_ACCURACY = "subjects", "subject_accuracy", "subject_balanced_accuracy"
-INTERVAL_SCORES = (ACCURACY, BALANCED_ACCURACY, F1_WEIGHTED, ROC_AUC)  # the test scores with bootstrap intervals
+# The logistic recalibration of P(ALL) (0 and 1 when calibrated).
+CALIBRATION_INTERCEPT, CALIBRATION_SLOPE = "calibration_intercept", "calibration_slope"
+SUBJECT, SUBJECTS = "subject", "subjects"  # subject_<score>: over subjects; <split>_subjects: their number
+SUBJECT_ACCURACY, SUBJECT_BALANCED_ACCURACY = "subject_accuracy", "subject_balanced_accuracy"
+SUBJECT_ROC_AUC = "subject_roc_auc"
+# Per cell (or subject) with ALL the positive class: the recalls of ALL and normal, the predictive values.
+SENSITIVITY, SPECIFICITY, PPV, NPV = "sensitivity", "specificity", "ppv", "npv"
+RATES = (SENSITIVITY, SPECIFICITY, PPV, NPV)
+INTERVAL_SCORES = (ACCURACY, BALANCED_ACCURACY, F1_WEIGHTED, ROC_AUC, *RATES)  # test scores with intervals
 CHALLENGE = F1_WEIGHTED  # the C-NMC 2019 challenge's metric
 # The decision fixed on validation, and the best epoch.
 TEMPERATURE, THRESHOLD, BEST_EPOCH = "temperature", "threshold", "best_epoch"
+TEMPERATURE_AT_BOUND = "temperature_at_bound"  # a tag: "false", or "true: …" when the fit hit its range's end
 
 
 def of(split: str, score: str) -> str:

@@ -7,17 +7,18 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
 from leukemia.data.manifest import Manifest
 from leukemia.errors import UserError
-from leukemia.evaluation.bootstrap import CELLS, SUBJECTS, bootstrap_intervals, scores
 from leukemia.evaluation.calibration import (
     balanced_threshold,
     brier,
     fit_decision,
     fit_temperature,
+    recalibration,
     reliability,
+    reliability_all,
 )
 from leukemia.evaluation.decision import Decision, labels_at, log_probabilities
 from leukemia.evaluation.explain import grad_cam, overlay, showcase
@@ -49,12 +50,42 @@ def test_subject_table_aggregates_cells_as_worked_by_hand():
     assert table["mean_probability_all"].tolist() == pytest.approx([2 / 3, 0.4, 0.4])
     assert table["predicted_label"].tolist() == [1, 0, 0]
     assert table["true_label"].tolist() == [1, 0, 1]
-    metrics = subject_metrics(table)
+    metrics, absent = subject_metrics(table)
     assert metrics["subject_accuracy"] == pytest.approx(2 / 3)
     assert metrics["subject_balanced_accuracy"] == pytest.approx((1 / 1 + 1 / 2) / 2)
-    # A (0.667) above B (0.4): 1; C (0.4) tied with B: 1/2; AUC = 0.75.
-    assert metrics["subject_roc_auc"] == pytest.approx(0.75)
     assert metrics["subjects"] == 3
+    # 2 ALL subjects (A called ALL, C not), 1 normal (B, called normal).
+    assert [metrics[f"subject_{name}"] for name in ("tp", "fn", "fp", "tn")] == [1, 1, 0, 1]
+    assert metrics["subject_sensitivity"] == 0.5 and metrics["subject_specificity"] == 1.0
+    # One normal subject: a subject ROC AUC would only say whether B sits below A and C; absent, with why.
+    assert "subject_roc_auc" not in metrics
+    assert absent["subject_roc_auc"].startswith("absent: 2 ALL + 1 normal subjects")
+
+
+def test_a_subject_is_all_when_most_of_its_cells_are():
+    # D: 1 ALL cell of 3 (normal by majority); E: 2 of 3 (ALL); F, G: all normal, all ALL.
+    subjects = ["D"] * 3 + ["E"] * 3 + ["F"] * 2 + ["G"] * 2
+    targets = np.array([1, 0, 0, 1, 1, 0, 0, 0, 1, 1])
+    table = subject_table(np.full(10, 0.9), subjects, 0.5, targets)
+    assert table["true_label"].tolist() == [0, 1, 0, 1]
+    metrics, _ = subject_metrics(table)
+    assert [metrics[f"subject_{name}"] for name in ("tp", "fn", "fp", "tn")] == [2, 0, 2, 0]
+    assert metrics["subject_roc_auc"] == 0.5  # 2 + 2 subjects: given
+
+
+def test_subject_rates_have_exact_clopper_pearson_intervals():
+    from scipy.stats import binomtest
+
+    # 7 ALL subjects, 5 called ALL; 4 normal subjects, 3 called normal.
+    table = pd.DataFrame({"true_label": [1] * 7 + [0] * 4, "predicted_label": [1] * 5 + [0] * 2 + [0] * 3 + [1],
+                          "mean_probability_all": np.linspace(0.1, 0.9, 11)})  # fmt: skip
+    metrics, _ = subject_metrics(table)
+    for rate, (hits, trials) in {"sensitivity": (5, 7), "specificity": (3, 4), "ppv": (5, 6), "npv": (3, 5)}.items():
+        expected = binomtest(hits, trials).proportion_ci(0.95, method="exact")
+        assert metrics[f"subject_{rate}"] == pytest.approx(hits / trials)
+        assert metrics[f"subject_{rate}_ci_low"] == pytest.approx(expected.low)
+        assert metrics[f"subject_{rate}_ci_high"] == pytest.approx(expected.high)
+    assert metrics["subject_sensitivity_ci_low"] == pytest.approx(0.2904, abs=1e-4)  # a published table's value
 
 
 def test_subject_labels_follow_the_threshold_on_the_mean():
@@ -76,7 +107,7 @@ def test_subject_metrics_match_scikit_learn_on_random_subjects():
     means = {s: probability[subjects == s].mean() for s in sorted(truth_of)}
     truth = [truth_of[s] for s in sorted(truth_of)]
     predicted = [int(means[s] >= 0.5) for s in sorted(truth_of)]
-    metrics = subject_metrics(table)
+    metrics, _ = subject_metrics(table)
     assert metrics["subject_accuracy"] == pytest.approx(accuracy_score(truth, predicted))
     assert metrics["subject_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, predicted))
     assert metrics["subject_roc_auc"] == pytest.approx(roc_auc_score(truth, [means[s] for s in sorted(truth_of)]))
@@ -94,6 +125,43 @@ def test_ece_on_known_probabilities_as_worked_by_hand():
     bins = reliability(probabilities, targets)
     assert bins.counts[[8, 9, 14]].tolist() == [1, 1, 2] and bins.counts.sum() == 4
     assert reliability(two_class([1.0, 0.0]), np.array([1, 0])).ece == 0.0
+
+
+def test_a_confidence_on_a_bin_edge_falls_in_the_bin_above():
+    # 0.6 and 0.8 are the lower edges of bins 9 and 12 of 15 ([lo, hi)): 0.6 correct, 0.8 wrong.
+    probabilities = two_class([0.6, 0.8, 1.0])
+    bins = reliability(probabilities, np.array([1, 0, 1]))
+    assert bins.counts[[8, 9, 11, 12, 14]].tolist() == [0, 1, 0, 1, 1]
+    assert bins.ece == pytest.approx((0.4 + 0.8 + 0.0) / 3)
+    positive = reliability_all(np.array([0.0, 0.2, 0.6]), np.array([0, 1, 1]))
+    assert positive.counts[[0, 2, 3, 8, 9]].tolist() == [1, 0, 1, 0, 1]
+
+
+def test_the_all_class_reliability_matches_scikit_learns_calibration_curve():
+    rng = np.random.default_rng(1)
+    probability = rng.random(3000)
+    targets = (rng.random(3000) < probability**1.5).astype(int)
+    curve = reliability_all(probability, targets)
+    fraction, mean = calibration_curve(targets, probability, n_bins=15, strategy="uniform")
+    filled = curve.counts > 0
+    assert curve.accuracy[filled] == pytest.approx(fraction)
+    assert curve.confidence[filled] == pytest.approx(mean)
+
+
+def test_the_recalibration_slope_and_intercept_match_scikit_learns_unpenalised_fit():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(2)
+    margin = rng.normal(0, 2, 4000)
+    targets = (rng.random(4000) < 1 / (1 + np.exp(-(0.3 + 0.5 * margin)))).astype(int)  # overconfident by 2
+    probability = 1 / (1 + np.exp(-margin))
+    fit = recalibration(probability, targets)
+    reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(margin[:, None], targets)
+    assert fit.slope == pytest.approx(reference.coef_[0, 0], rel=1e-4)
+    assert fit.intercept == pytest.approx(reference.intercept_[0], rel=1e-3)
+    assert fit.slope == pytest.approx(0.5, abs=0.06) and fit.intercept == pytest.approx(0.3, abs=0.1)
+    separated = recalibration(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
+    assert np.isnan(separated.slope) and "separate" in separated.reason
 
 
 def test_reliability_bins_match_scikit_learns_calibration_curve():
@@ -179,6 +247,30 @@ def test_the_balanced_threshold_maximises_balanced_accuracy_over_every_candidate
         assert threshold in probability
 
 
+def test_equal_balanced_accuracies_are_told_apart_exactly_and_the_one_nearest_one_half_wins():
+    # 0.92 (TPR 1/5, FPR 0) and 0.5 (TPR 3/5, FPR 2/5) both give balanced accuracy 0.6, but as rates
+    # TPR - FPR differs by an ulp (0.2 vs 0.19999999999999996): a float equality test skips the tie-break.
+    targets = np.array([1, 0, 1, 0, 1, 0, 0, 0, 1, 1])
+    probability = np.array([0.92, 0.63, 0.51, 0.51, 0.5, 0.47, 0.25, 0.04, 0.04, 0.01])
+    assert (1 / 5 - 0 / 5) != (3 / 5 - 2 / 5)
+    assert balanced_threshold(probability, targets) == 0.5
+
+
+def test_the_balanced_threshold_is_the_one_nearest_one_half_among_the_best_on_random_sets():
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        targets = rng.integers(0, 2, 40)
+        if len(np.unique(targets)) < 2:
+            continue
+        probability = np.round(rng.random(40), 2)
+        positives, negatives = (targets == 1).sum(), (targets == 0).sum()
+        called = {t: probability >= t for t in np.unique(probability)}
+        gains = {t: int((c & (targets == 1)).sum()) * negatives - int((c & (targets == 0)).sum()) * positives
+                 for t, c in called.items()}  # fmt: skip
+        best = [t for t, gain in gains.items() if gain == max(gains.values())]
+        assert balanced_threshold(probability, targets) == min(best, key=lambda t: (abs(t - 0.5), t))
+
+
 def test_a_skewed_model_gets_a_threshold_below_one_half():
     # Every normal cell below 0.2, every ALL cell between 0.25 and 0.45: 0.5 calls all of them normal.
     probability = np.array([0.05, 0.1, 0.15, 0.25, 0.3, 0.45])
@@ -196,69 +288,6 @@ def test_the_decision_fits_the_temperature_then_the_threshold_on_the_calibrated_
     assert balanced.temperature == temperature
     assert balanced.threshold == balanced_threshold(Decision(temperature).probability_all(log_probabilities), targets)
     assert balanced.threshold != balanced_threshold(np.exp(log_probabilities[:, 1]), targets)
-
-
-# Bootstrap intervals
-
-
-def sample(count: int, seed: int, subjects: int = 0):
-    rng = np.random.default_rng(seed)
-    targets = rng.integers(0, 2, count)
-    probability = np.clip(0.35 * targets + rng.random(count) * 0.65, 0, 1)
-    names = [f"{t}-{k % subjects}" for k, t in enumerate(targets)] if subjects else None
-    return targets, probability, names
-
-
-def test_the_point_scores_are_scikit_learns():
-    targets, probability, _ = sample(300, 0)
-    labels = labels_at(probability, 0.5)
-    found = scores(targets, probability, 0.5)
-    assert found["accuracy"] == pytest.approx(accuracy_score(targets, labels))
-    assert found["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(targets, labels))
-    assert found["f1_weighted"] == pytest.approx(f1_score(targets, labels, average="weighted"))
-    assert found["roc_auc"] == pytest.approx(roc_auc_score(targets, probability))
-
-
-def test_intervals_contain_the_point_estimate_and_narrow_with_more_data():
-    widths = []
-    for count in (100, 2500):
-        targets, probability, _ = sample(count, 1)
-        found = bootstrap_intervals(targets, probability, 0.5, resamples=400, seed=0)
-        assert found.method == CELLS
-        point = scores(targets, probability, 0.5)
-        for key, (low, high) in found.bounds.items():
-            assert low <= point[key] <= high, key
-        widths.append({key: high - low for key, (low, high) in found.bounds.items()})
-    for key in widths[0]:
-        assert widths[1][key] < widths[0][key] / 2.5, key  # about 1/sqrt(25) as wide
-
-
-def test_the_bootstrap_is_seeded():
-    targets, probability, _ = sample(200, 2)
-    first = bootstrap_intervals(targets, probability, 0.5, resamples=100, seed=7)
-    assert bootstrap_intervals(targets, probability, 0.5, resamples=100, seed=7) == first
-    assert bootstrap_intervals(targets, probability, 0.5, resamples=100, seed=8) != first
-
-
-def test_known_subjects_are_resampled_whole_and_widen_the_interval_when_they_differ():
-    # Four subjects per class, each with its own shift: cells of a subject move together.
-    rng = np.random.default_rng(4)
-    names = np.repeat([f"s{k}" for k in range(8)], 100)
-    targets = np.repeat([0, 1] * 4, 100)
-    shift = np.repeat(rng.normal(0, 0.25, 8), 100)
-    probability = np.clip(0.3 + 0.35 * targets + shift + rng.normal(0, 0.1, 800), 0, 1)
-    by_subject = bootstrap_intervals(targets, probability, 0.5, list(names), resamples=300, seed=0)
-    by_cell = bootstrap_intervals(targets, probability, 0.5, None, resamples=300, seed=0)
-    assert by_subject.method == SUBJECTS and by_cell.method == CELLS
-    width = {name: found.bounds["accuracy"][1] - found.bounds["accuracy"][0] for name, found in
-             (("subjects", by_subject), ("cells", by_cell))}  # fmt: skip
-    assert width["subjects"] > 2 * width["cells"]
-
-
-def test_one_subject_in_a_class_falls_back_to_cells():
-    targets, probability, _ = sample(60, 3)
-    names = ["only" if t == 0 else f"s{k % 3}" for k, t in enumerate(targets)]
-    assert bootstrap_intervals(targets, probability, 0.5, names, resamples=50).method == CELLS
 
 
 # Grad-CAM

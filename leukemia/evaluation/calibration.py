@@ -8,11 +8,15 @@ cells. Temperature scaling divides the logits by one scalar fitted on validation
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import statsmodels.api as sm
+from scipy import special
 from scipy.optimize import minimize_scalar
-from sklearn.metrics import brier_score_loss, log_loss, roc_curve
+from sklearn.metrics import brier_score_loss, log_loss
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from leukemia.errors import UserError
 from leukemia.evaluation.decision import Decision
@@ -24,12 +28,12 @@ BALANCED = "balanced"  # eval.threshold=balanced: chosen on validation
 
 @dataclass(frozen=True)
 class Reliability:
-    """Per confidence bin: its edges, its cells, their mean confidence and accuracy (NaN where empty)."""
+    """Per bin of a score: its edges, its cells, their mean score and outcome (NaN where empty)."""
 
     edges: np.ndarray
     counts: np.ndarray
-    confidence: np.ndarray
-    accuracy: np.ndarray
+    confidence: np.ndarray  # the bin's mean score (top-class confidence, or P(ALL))
+    accuracy: np.ndarray  # the bin's mean outcome (correct, or ALL)
 
     @property
     def ece(self) -> float:
@@ -38,16 +42,53 @@ class Reliability:
         return float((weights * np.abs(self.accuracy[filled] - self.confidence[filled])).sum())
 
 
-def reliability(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS) -> Reliability:
-    """Bin (N, classes) probabilities by top-class confidence; a bin holds [lower, upper), the last also 1."""
-    confidence = probabilities.max(axis=1)
-    correct = (probabilities.argmax(axis=1) == targets).astype(np.float64)
-    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+def binned(scores: np.ndarray, outcomes: np.ndarray, bins: int = BINS) -> Reliability:
+    """``outcomes`` (0/1) averaged per equal-width bin of ``scores`` in [0, 1]; a bin holds [lower, upper),
+    the last also 1."""
+    index = np.minimum((scores * bins).astype(np.int64), bins - 1)
     counts = np.bincount(index, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_confidence = np.bincount(index, confidence, minlength=bins) / counts
-        accuracy = np.bincount(index, correct, minlength=bins) / counts
-    return Reliability(np.linspace(0.0, 1.0, bins + 1), counts, mean_confidence, accuracy)
+        mean_score = np.bincount(index, scores, minlength=bins) / counts
+        observed = np.bincount(index, outcomes.astype(np.float64), minlength=bins) / counts
+    return Reliability(np.linspace(0.0, 1.0, bins + 1), counts, mean_score, observed)
+
+
+def reliability(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS) -> Reliability:
+    """Bin (N, classes) probabilities by top-class confidence: each bin's accuracy against its confidence."""
+    return binned(probabilities.max(axis=1), probabilities.argmax(axis=1) == targets, bins)
+
+
+def reliability_all(probability_all: np.ndarray, targets: np.ndarray, bins: int = BINS) -> Reliability:
+    """Bin the probability of ALL: each bin's fraction of ALL cells against its mean P(ALL) (the positive
+    class's reliability curve)."""
+    return binned(np.asarray(probability_all, dtype=np.float64), np.asarray(targets) == 1, bins)
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """The logistic recalibration of P(ALL): logit P(y = ALL) = intercept + slope × logit P(ALL); a calibrated
+    model has intercept 0 and slope 1 (slope < 1: too confident). ``reason`` says why there is none."""
+
+    intercept: float = float("nan")
+    slope: float = float("nan")
+    reason: str = ""
+
+
+def recalibration(probability_all: np.ndarray, targets: np.ndarray) -> Recalibration:
+    """statsmodels' maximum-likelihood logistic regression of the labels on logit P(ALL); none where the
+    labels are one class or the probabilities separate them perfectly (the slope is then infinite)."""
+    logits = special.logit(np.clip(np.asarray(probability_all, dtype=np.float64), 1e-12, 1 - 1e-12))
+    targets = np.asarray(targets)
+    if len(np.unique(targets)) < 2:
+        return Recalibration(reason="one class only")
+    if logits[targets == 1].min() > logits[targets == 0].max():
+        return Recalibration(reason="the probabilities separate the classes perfectly: the slope is unbounded")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = sm.Logit(targets, sm.add_constant(logits, has_constant="add")).fit(disp=0, maxiter=200)
+    if not fit.mle_retvals["converged"]:
+        return Recalibration(reason="the logistic fit did not converge (nearly separated classes)")
+    return Recalibration(float(fit.params[0]), float(fit.params[1]))
 
 
 def brier(probabilities: np.ndarray, targets: np.ndarray) -> float:
@@ -74,17 +115,22 @@ def temperature_at_bound(temperature: float) -> bool:
 
 
 def balanced_threshold(probability_all: np.ndarray, targets: np.ndarray) -> float:
-    """The threshold that maximises balanced accuracy on these (validation) cells: the ROC point with the
-    largest true-positive minus false-positive rate, a validation probability itself; among equals, the one
-    nearest 0.5."""
+    """The threshold that maximises balanced accuracy on these (validation) cells, a validation probability
+    itself; among equals, the one nearest 0.5 (then the lower). Compared exactly: at threshold t, with P
+    positives and N negatives, balanced accuracy - 1/2 is (TP(t)·N - FP(t)·P) / 2PN, so the integer
+    TP(t)·N - FP(t)·P ranks the thresholds without rounding."""
+    targets = np.asarray(targets)
     if len(np.unique(targets)) < 2:
         raise UserError("eval.threshold=balanced: the validation split holds one class only; set a number "
                         "(eval.threshold=0.5)")  # fmt: skip
-    false_positive, true_positive, thresholds = roc_curve(targets, probability_all, drop_intermediate=False)
-    finite = np.isfinite(thresholds)
-    youden = np.where(finite, true_positive - false_positive, -np.inf)
-    best = np.flatnonzero(youden == youden.max())
-    return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
+    probability_all = np.asarray(probability_all, dtype=np.float64)
+    candidates = np.unique(probability_all)  # ascending
+    positives, negatives = (np.sort(probability_all[targets == c]) for c in (1, 0))
+    true_positives = len(positives) - np.searchsorted(positives, candidates, side="left")  # P(ALL) >= t
+    false_positives = len(negatives) - np.searchsorted(negatives, candidates, side="left")
+    gain = true_positives.astype(np.int64) * len(negatives) - false_positives.astype(np.int64) * len(positives)
+    best = np.flatnonzero(gain == gain.max())
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])  # argmin: the first, the lower
 
 
 def fit_decision(log_probabilities: np.ndarray, targets: np.ndarray, threshold: str) -> Decision:

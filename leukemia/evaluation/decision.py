@@ -30,11 +30,14 @@ def labels_at(probability_all: np.ndarray, threshold: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Decision:
-    """What validation fixed: the temperature the logits are divided by (calibrated probabilities) and the
-    probability of ALL at or above which a cell, or a subject by its mean, is called ALL."""
+    """How a cell is decided: with ``flips``, on the mean of its four flips (eval.tta=flips, the test-time
+    augmentation the temperature and threshold were fitted with); then what validation fixed: the temperature
+    the logits are divided by (calibrated probabilities) and the probability of ALL at or above which a cell,
+    or a subject by its mean, is called ALL."""
 
     temperature: float = 1.0
     threshold: float = 0.5
+    flips: bool = False
 
     def probabilities(self, log_probabilities: np.ndarray) -> np.ndarray:
         """Calibrated (N, classes) probabilities: the softmax as if the logits had been divided by the

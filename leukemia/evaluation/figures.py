@@ -1,19 +1,21 @@
 """Every figure a run logs, as matplotlib Figure objects (no pyplot, so no backend to choose and no global
 state): confusion matrices, learning curves, image grids and the runs compared (task=plot); the reliability
-diagram, ROC and precision-recall curves with the operating point, Grad-CAM panels. Knows no MLflow: tracking
-logs what these return."""
+diagrams, the decision curve, ROC and precision-recall curves with the operating point, Grad-CAM panels.
+Knows no MLflow: tracking logs what these return."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
 from leukemia.evaluation.calibration import Reliability
+from leukemia.evaluation.decision_curve import MODEL, THRESHOLD_PROBABILITY, TREAT_ALL, TREAT_NONE
 from leukemia.names import ACCURACY, LOSS, TRAIN, VAL, of
 
 
@@ -118,22 +120,43 @@ def confusion_grid_figure(matrices: dict[str, np.ndarray], class_names: Sequence
     return figure
 
 
-def reliability_figure(curves: dict[str, Reliability], title: str) -> Figure:
-    """Accuracy against confidence per bin for each labelled set of probabilities (e.g. before and after
-    temperature scaling), with the cells per bin below; the diagonal is perfect calibration."""
+def reliability_figure(curves: dict[str, Reliability], title: str, all_class: bool = False) -> Figure:
+    """Each bin's outcome against its mean score for each labelled set of probabilities (e.g. before and after
+    temperature scaling), with the cells per bin below; the diagonal is perfect calibration. The outcome is
+    accuracy against top-class confidence, or with ``all_class`` the fraction of ALL cells against P(ALL); a
+    label's legend entry carries its ECE for the first, what the label says for the second."""
     figure = Figure(figsize=(6, 6.5))
     (top, bottom) = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
     width = np.diff(next(iter(curves.values())).edges)[0] / (len(curves) + 1)
     for k, (label, curve) in enumerate(curves.items()):
         filled = curve.counts > 0
-        top.plot(curve.confidence[filled], curve.accuracy[filled], "o-", label=f"{label} (ECE {curve.ece:.3f})")
+        legend = label if all_class else f"{label} (ECE {curve.ece:.3f})"
+        top.plot(curve.confidence[filled], curve.accuracy[filled], "o-", label=legend)
         bottom.bar(curve.edges[:-1] + (k + 0.5) * width, curve.counts, width=width, label=label)
-    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02), title="reliability (top-class confidence, 15 bins)")
-    bottom.set(xlabel="confidence", ylabel="cells")
+    outcome, score = ("fraction ALL", "P(ALL)") if all_class else ("accuracy", "confidence")
+    kind = "P(ALL)" if all_class else "top-class confidence"
+    top.set(ylabel=outcome, xlim=(0, 1), ylim=(0, 1.02), title=f"reliability ({kind}, {len(curve.counts)} bins)")
+    bottom.set(xlabel=score, ylabel="cells")
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
     top.legend(fontsize=8, loc="upper left")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def decision_curve_figure(curve: pd.DataFrame, title: str) -> Figure:
+    """Net benefit against the threshold probability: the model, treat all, treat none (see decision_curve)."""
+    figure = Figure(figsize=(7, 4.5))
+    axis = figure.subplots()
+    for column, style in ((MODEL, "-"), (TREAT_ALL, "--"), (TREAT_NONE, ":")):
+        axis.plot(curve[THRESHOLD_PROBABILITY], curve[column], style, label=column.replace("_", " "))
+    top = float(np.nanmax(curve[[MODEL, TREAT_ALL]].to_numpy()))
+    axis.set(xlabel="threshold probability", ylabel="net benefit", xlim=(0, 1),
+             ylim=(-0.05 * max(top, 0.1), max(top, 0.1) * 1.1), title="decision curve")  # fmt: skip
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
     return figure

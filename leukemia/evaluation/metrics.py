@@ -11,6 +11,17 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from leukemia.names import (
+    ACCURACY,
+    BALANCED_ACCURACY,
+    CLASS_ACCURACIES,
+    F1_WEIGHTED,
+    NPV,
+    PPV,
+    SENSITIVITY,
+    SPECIFICITY,
+)
+
 
 def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts with true classes as rows and predicted classes as columns."""
@@ -24,25 +35,34 @@ def confusion_counts(matrix: np.ndarray, class_names: Sequence[str], **extra: ob
     return {"classes": list(class_names), "rows": "true", "columns": "predicted", **extra, "counts": matrix.tolist()}
 
 
-def classification_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
-    """accuracy, balanced_accuracy, f1_weighted and accuracy_<class> (recall) from a confusion matrix."""
-    matrix = matrix.astype(np.float64)
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    hits = np.diag(matrix)
-    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
-    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(hits), where=precision + recall > 0)
-    total = matrix.sum()
-    present = support > 0
-    metrics = {
-        "accuracy": float(hits.sum() / total) if total else 0.0,
-        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
-        "f1_weighted": float((f1 * support).sum() / total) if total else 0.0,
-    }
-    for index, name in enumerate(class_names):
-        metrics[f"accuracy_{name}"] = float(recall[index])
-    return metrics
+def binary_scores(tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of 2×2 counts (ALL positive; arrays of counts give arrays of scores): accuracy, balanced_accuracy
+    (the mean recall of the classes present), f1_weighted, accuracy_<class> (a class's recall, 0 when absent),
+    sensitivity and specificity (the recalls, NaN when the class is absent), ppv and npv (NaN when nothing is
+    called that class)."""
+    tn, fp, fn, tp = (np.asarray(count, dtype=np.float64) for count in (tn, fp, fn, tp))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
+        ppv, npv = tp / (tp + fp), tn / (tn + fn)
+        f1_all, f1_normal = 2 * tp / (2 * tp + fp + fn), 2 * tn / (2 * tn + fn + fp)
+        total = tn + fp + fn + tp
+        present = (tn + fp > 0).astype(np.float64) + (tp + fn > 0)
+        scores = {
+            ACCURACY: (tp + tn) / total,
+            BALANCED_ACCURACY: np.where(
+                present > 0, (np.nan_to_num(specificity) + np.nan_to_num(sensitivity)) / np.maximum(present, 1), 0.0
+            ),
+            F1_WEIGHTED: (np.nan_to_num(f1_all) * (tp + fn) + np.nan_to_num(f1_normal) * (tn + fp)) / total,
+        }
+    scores |= dict(zip(CLASS_ACCURACIES, (np.nan_to_num(specificity), np.nan_to_num(sensitivity)), strict=True))
+    return scores | {SENSITIVITY: sensitivity, SPECIFICITY: specificity, PPV: ppv, NPV: npv}
+
+
+def classification_metrics(matrix: np.ndarray) -> dict[str, float]:
+    """binary_scores of a 2×2 confusion matrix (true rows, predicted columns; 0 normal, 1 ALL), as floats;
+    the scores a class's absence leaves undefined (sensitivity … npv) are left out."""
+    (tn, fp), (fn, tp) = matrix
+    return {key: float(value) for key, value in binary_scores(tn, fp, fn, tp).items() if np.isfinite(value)}
 
 
 def roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:

@@ -1,5 +1,11 @@
-"""Subject-level diagnosis: a patient is called ALL when the mean probability of ALL over their cells reaches
-the threshold. In C-NMC every cell of a subject carries the subject's label."""
+"""Subject-level diagnosis: a patient is called ALL when the mean calibrated probability of ALL over their cells
+reaches the threshold, the same threshold as a cell's (chosen on validation cells: a validation split holds too
+few subjects to choose a second one on). A subject's true label is the majority label of their cells; in C-NMC
+every cell of a subject carries the subject's label.
+
+Consequence: the mean of a subject's cells is called at a threshold chosen for single cells, so a subject whose
+cells sit just below it is called normal even when every subject is ranked right (subject ROC AUC 1 with
+subject accuracy below 1). The subject sensitivity and specificity, with their exact intervals, show it."""
 
 from __future__ import annotations
 
@@ -8,9 +14,23 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from statsmodels.stats.proportion import proportion_confint
 
 from leukemia.evaluation.decision import labels_at
 from leukemia.evaluation.metrics import roc_auc
+from leukemia.names import (
+    RATES,
+    SUBJECT,
+    SUBJECT_ACCURACY,
+    SUBJECT_BALANCED_ACCURACY,
+    SUBJECT_ROC_AUC,
+    SUBJECTS,
+    interval,
+)
+
+LEVEL = 0.95
+MIN_AUC_SUBJECTS = 2  # per class: with one, the AUC says only whether two subjects are in order
+COUNTS = {"tn": (0, 0), "fp": (0, 1), "fn": (1, 0), "tp": (1, 1)}  # (true, predicted) of each 2×2 cell
 
 
 def subject_table(
@@ -34,12 +54,33 @@ def subject_table(
     return table.reset_index()
 
 
-def subject_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """Accuracy, balanced accuracy and ROC AUC (of the mean probability) over the subjects of a labelled table."""
-    truth, predicted = table["true_label"], table["predicted_label"]
-    return {
-        "subject_accuracy": float(accuracy_score(truth, predicted)),
-        "subject_balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
-        "subject_roc_auc": roc_auc(truth.to_numpy(), table["mean_probability_all"].to_numpy()),
-        "subjects": float(len(table)),
-    }
+def exact_interval(successes: int, trials: int, level: float = LEVEL) -> tuple[float, float]:
+    """statsmodels' Clopper–Pearson (exact binomial) interval of a proportion; NaN bounds for 0 trials."""
+    if trials == 0:
+        return np.nan, np.nan
+    low, high = proportion_confint(successes, trials, alpha=1 - level, method="beta")
+    return float(low), float(high)
+
+
+def subject_metrics(table: pd.DataFrame) -> tuple[dict[str, float], dict[str, str]]:
+    """Over the subjects of a labelled table: the 2×2 counts, accuracy and balanced accuracy, sensitivity,
+    specificity, PPV and NPV each with its exact interval (subjects are independent, each one trial), and the
+    ROC AUC of the mean probability where each class has MIN_AUC_SUBJECTS; and why a score is absent, by name."""
+    truth, predicted = table["true_label"].to_numpy(), table["predicted_label"].to_numpy()
+    counts = {name: int(((truth == t) & (predicted == p)).sum()) for name, (t, p) in COUNTS.items()}
+    tn, fp, fn, tp = (counts[name] for name in COUNTS)
+    metrics = {f"{SUBJECT}_{name}": float(count) for name, count in counts.items()}
+    metrics |= {SUBJECT_ACCURACY: float(accuracy_score(truth, predicted)), SUBJECTS: float(len(table))}
+    metrics[SUBJECT_BALANCED_ACCURACY] = float(balanced_accuracy_score(truth, predicted))
+    for rate, (hits, trials) in zip(RATES, ((tp, tp + fn), (tn, tn + fp), (tp, tp + fp), (tn, tn + fn)), strict=True):
+        name = f"{SUBJECT}_{rate}"
+        if trials:
+            metrics[name] = hits / trials
+            metrics |= dict(zip(interval(name), exact_interval(hits, trials), strict=True))
+    per_class = (int((truth == 0).sum()), int((truth == 1).sum()))
+    if min(per_class) >= MIN_AUC_SUBJECTS:
+        metrics[SUBJECT_ROC_AUC] = roc_auc(truth, table["mean_probability_all"].to_numpy())
+        return metrics, {}
+    reason = (f"absent: {per_class[1]} ALL + {per_class[0]} normal subjects; a subject ROC AUC needs at least "
+              f"{MIN_AUC_SUBJECTS} of each")  # fmt: skip
+    return metrics, {SUBJECT_ROC_AUC: reason}

@@ -115,4 +115,5 @@ def evaluate(composed: DictConfig) -> dict[str, float]:
         acceleration = Acceleration.for_device(cfg.trainer, device)
         runnable = acceleration.model(model, device, compile_mode=None)
         evaluator = Evaluator(run_cfg, runnable, model, device, acceleration, run)
-        return evaluator.test(test, evaluator.calibrate(splits.valid))
+        decision, _ = evaluator.calibrate(splits.valid)
+        return evaluator.test(test, decision).metrics

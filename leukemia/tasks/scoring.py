@@ -11,7 +11,7 @@ calibrated probabilities.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -67,15 +67,16 @@ class Evaluator:
         targets = None if split.labels is None else raw.targets
         return Scored(prefix, self.run.name, split.name, raw.log_probabilities, targets, split.subjects)
 
-    def calibrate(self, valid: Manifest) -> Decision:
-        """The decision fitted on the validation split, logged with the split's calibration, curves and
-        subject scores."""
+    def calibrate(self, valid: Manifest) -> tuple[Decision, Report]:
+        """The decision fitted on the validation split (with the flips ``eval.tta`` scores by), and its report
+        (the split's calibration, curves and subject scores), logged."""
         decision, report = validation_report(self.scored(VAL, valid, "calibrate (valid)"), self.cfg.eval.threshold)
+        decision = replace(decision, flips=TTA(self.cfg.eval.tta) == TTA.flips)
         self.run.log_report(report)
         log.info("validation: temperature %.3f, threshold %.3f (eval.threshold=%s), ECE %.4f -> %.4f calibrated",
                  decision.temperature, decision.threshold, self.cfg.eval.threshold, report.metrics[of(VAL, ECE)],
                  report.metrics[of(VAL, ECE_CALIBRATED)])  # fmt: skip
-        return decision
+        return decision, report
 
     def explanation(self, test: Manifest, scored: Scored, decision: Decision) -> Report:
         """Grad-CAM of the most confident correct and wrong test cell of each class."""
@@ -89,10 +90,10 @@ class Evaluator:
         normalise = Normalisation(data.mean, data.std, self.device)
         return explanation_report(self.network, normalise, pixels, chosen, probability_all, predicted, title)
 
-    def test(self, test: Manifest, decision: Decision) -> dict[str, float]:
+    def test(self, test: Manifest, decision: Decision) -> Report:
         """Predict the test split at the decision: the submission and predictions (into the output folder too),
-        the subject table where subjects are known; with labels, the ``test_*`` metrics (returned), intervals
-        and figures."""
+        the subject table where subjects are known; with labels, the ``test_*`` metrics, intervals and figures.
+        Returns the report logged."""
         cfg = self.cfg
         scored = self.scored(TEST, test, "test")
         report = test_report(scored, decision, test.identifiers(), TTA(cfg.eval.tta).value, cfg.eval.bootstrap,
@@ -110,4 +111,4 @@ class Evaluator:
         else:
             log.info("test: %s", "  ".join(f"{key} {report.metrics[of(TEST, key)]:.4f}" for key in SHOWN
                                             if of(TEST, key) in report.metrics))  # fmt: skip
-        return report.metrics
+        return report

@@ -20,15 +20,23 @@ from leukemia.errors import UserError
 from leukemia.evaluation.decision import Decision
 from leukemia.evaluation.figures import confusion_matrix_figure, image_grid_figure, learning_curves_figure
 from leukemia.evaluation.metrics import confusion_counts
+from leukemia.evaluation.report import Report
+from leukemia.evaluation.subjects import COUNTS
 from leukemia.names import (
+    ACCURACY,
     BEST_EPOCH,
+    CALIBRATION_INTERCEPT,
+    CALIBRATION_SLOPE,
     CLASS_NAMES,
     ECE,
     ECE_CALIBRATED,
     INTERVAL_SCORES,
+    RATES,
+    SUBJECT,
     SUBJECT_ACCURACY,
-    SUBJECT_BALANCED_ACCURACY,
+    SUBJECT_ROC_AUC,
     SUBJECTS,
+    TEMPERATURE_AT_BOUND,
     TEST,
     VAL,
     final,
@@ -140,23 +148,23 @@ def _finish(run: Run, trainer: Trainer, progress: Progress, splits: Splits, stop
     trainer.model.load_state_dict(best.state)
     evaluator = Evaluator(trainer.cfg, trainer.runnable, trainer.model, trainer.device, trainer.acceleration, run)
     with stop.interruptible():
-        decision = evaluator.calibrate(splits.valid)
+        decision, validated = evaluator.calibrate(splits.valid)
     log_model(run, trainer.cfg, best, splits.train, decision)
-    tested = {}
+    tested = Report()
     if splits.test is not None:
         with stop.interruptible():
             tested = evaluator.test(splits.test, decision)
     if progress.skipped.seen:
         run.log_text("\n".join(progress.skipped.seen) + "\n", "data/skipped_images.txt")
-    run.set_description(description(run, trainer.cfg, best, tested, decision))
+    run.set_description(description(run, trainer.cfg, best, validated | tested, decision))
     log.info("best epoch %d: %s %.4f; %s", best.epoch, best.monitor.value, best.value, run.where_to_look)
     return best.value
 
 
-def _scores(metrics: dict[str, float], split: str) -> str:
-    """``accuracy 0.9560 [0.9300, 0.9780], …``: a split's main scores, with their intervals where logged."""
+def _scores(metrics: dict[str, float], split: str, scores: tuple[str, ...] = INTERVAL_SCORES) -> str:
+    """``accuracy 0.9560 [0.9300, 0.9780], …``: a split's scores, with their intervals where logged."""
     shown = []
-    for score in INTERVAL_SCORES:
+    for score in scores:
         key = of(split, score)
         if key in metrics:
             low, high = (metrics.get(bound) for bound in interval(key))
@@ -165,26 +173,46 @@ def _scores(metrics: dict[str, float], split: str) -> str:
     return ", ".join(shown)
 
 
-def description(run: Run, cfg: Config, best: BestEpoch, tested: dict[str, float], decision: Decision) -> str:
+def _evaluation_lines(evaluated: Report) -> list[str]:
+    """The description's lines on the test split: scores with intervals (and how they were made, or why there
+    are none), per subject, calibration, and the temperature's bound where it was reached."""
+    metrics, tags = evaluated.metrics, evaluated.tags
+    lines = [f"- test: {_scores(metrics, TEST) or 'no labelled test split'}"]
+    lines += [f"- test intervals: {tags[of(TEST, 'ci')]}"] if of(TEST, "ci") in tags else []
+    subjects = metrics.get(of(TEST, SUBJECTS))
+    if subjects:
+        counts = ", ".join(f"{name} {metrics[of(TEST, f'{SUBJECT}_{name}')]:.0f}" for name in COUNTS)
+        auc = tags.get(of(TEST, SUBJECT_ROC_AUC)) or f"{metrics[of(TEST, SUBJECT_ROC_AUC)]:.4f}"
+        rates = _scores(metrics, TEST, tuple(f"{SUBJECT}_{rate}" for rate in RATES))
+        lines += [f"- test subjects ({subjects:.0f}; {counts}): accuracy {metrics[of(TEST, SUBJECT_ACCURACY)]:.4f}, "
+                  f"{rates} (95% exact intervals); ROC AUC {auc}"]  # fmt: skip
+    if of(TEST, ECE) in metrics:
+        intercept, slope = (metrics.get(of(TEST, key)) for key in (CALIBRATION_INTERCEPT, CALIBRATION_SLOPE))
+        slope = tags.get(of(TEST, CALIBRATION_SLOPE)) or f"intercept {intercept:.3f}, slope {slope:.3f}"
+        lines += [f"- test calibration: ECE {metrics[of(TEST, ECE)]:.4f} as trained, "
+                  f"{metrics[of(TEST, ECE_CALIBRATED)]:.4f} calibrated; logistic recalibration {slope}"]  # fmt: skip
+    bound = tags.get(TEMPERATURE_AT_BOUND, "false")
+    return lines + ([f"- **temperature at its bound**: {bound.removeprefix('true: ')}"] if bound != "false" else [])
+
+
+def description(run: Run, cfg: Config, best: BestEpoch, evaluated: Report, decision: Decision) -> str:
     """The run page's Description: what was trained, the best epoch's validation and the test scores (with
     intervals, per subject, calibration), where the model and the figures are."""
+    tested = of(TEST, ACCURACY) in evaluated.metrics
     figures = ("confusion_matrix", "learning_curves", "train_samples", "val_reliability")
-    figures += ("test_confusion_matrix", "test_roc", "test_pr", "test_reliability", "gradcam") if tested else ()
+    figures += ("test_confusion_matrix", "test_roc", "test_pr", "test_reliability", "test_reliability_all",
+                "test_decision_curve", "gradcam") if tested else ()  # fmt: skip
     links = ", ".join(f"[{name.replace('_', ' ')}]({run.artifact_link(f'figures/{name}.png')})" for name in figures)
-    subjects = tested.get(of(TEST, SUBJECTS))
-    ece, calibrated_ece = tested.get(of(TEST, ECE)), tested.get(of(TEST, ECE_CALIBRATED))
+    tta = " on the mean of four flips (eval.tta=flips)" * decision.flips
     return "\n".join([
         f"**{cfg.model.name}** on **{cfg.data.name}** ({cfg.data.root}), {cfg.optim.name} lr {cfg.optim.lr:g}, "
         f"{cfg.trainer.epochs} epochs",
         "",
         f"- best epoch: {best.epoch}, by {best.monitor.value} {best.value:.4f}",
         f"- validation (best epoch): {_scores(best.metrics, VAL)}",
-        f"- calibrated on validation: temperature {decision.temperature:.3f}, threshold "
+        f"- calibrated on validation{tta}: temperature {decision.temperature:.3f}, threshold "
         f"{decision.threshold:.3f} (eval.threshold={cfg.eval.threshold})",
-        f"- test: {_scores(tested, TEST) or 'no labelled test split'}",
-        *([f"- test subjects ({subjects:.0f}): accuracy {tested[of(TEST, SUBJECT_ACCURACY)]:.4f}, balanced accuracy "
-           f"{tested[of(TEST, SUBJECT_BALANCED_ACCURACY)]:.4f}"] if subjects else []),
-        *([] if ece is None else [f"- test calibration: ECE {ece:.4f} as trained, {calibrated_ece:.4f} calibrated"]),
+        *_evaluation_lines(evaluated),
         f"- model: `runs:/{run.id}/{MODEL_NAME}`" + (f", a version of `{cfg.registry.name}`" * bool(cfg.registry.name)),
         f"- figures: {links}",
     ])  # fmt: skip

@@ -5,7 +5,8 @@ epoch's weights) and the code that trained it, so that a plain Python session, `
 
 Input: a DataFrame with a column ``image`` of base64-encoded image files (any format and mode PIL reads).
 Output: a DataFrame with ``probability_all`` (class 1, calibrated by the training run's temperature) and
-``label`` (0 normal, 1 ALL: the probability at or above the training run's threshold) per row.
+``label`` (0 normal, 1 ALL: the probability at or above the training run's threshold) per row; with the
+training run's ``eval.tta=flips``, from the mean of each image's four flips, as the evaluation scored it.
 """
 
 from __future__ import annotations
@@ -59,14 +60,16 @@ class Preprocessing:
     decision: Decision = field(default_factory=Decision)
 
     def to_json(self) -> str:
-        """``preprocessing.json``: one flat object, the decision's temperature and threshold beside the rest."""
+        """``preprocessing.json``: one flat object, the decision's temperature, threshold and flips beside the
+        rest."""
         return json.dumps({**{k: v for k, v in asdict(self).items() if k != "decision"}, **asdict(self.decision)})
 
     @classmethod
     def from_json(cls, text: str) -> Preprocessing:
-        """A model's ``preprocessing.json``; one logged before the decision was stored reads as T = 1, 0.5."""
+        """A model's ``preprocessing.json``; one logged before the decision was stored reads as T = 1, 0.5, and
+        one logged before the flips were stored as without them."""
         fields = json.loads(text)
-        decision = Decision(**{key: fields.pop(key) for key in ("temperature", "threshold") if key in fields})
+        decision = Decision(**{key: fields.pop(key) for key in ("temperature", "threshold", "flips") if key in fields})
         return cls(**fields, decision=decision)
 
 
@@ -98,8 +101,10 @@ class CellModel(mlflow.pyfunc.PythonModel):
 
     @torch.inference_mode()
     def log_probabilities(self, pixels: torch.Tensor) -> np.ndarray:
-        """Each uint8 image's class log-probabilities, (N, classes), as the evaluation computes them."""
-        return log_probabilities(self.network, self.normalise(pixels.to(self.device, non_blocking=True))).cpu().numpy()
+        """Each uint8 image's class log-probabilities, (N, classes), as the evaluation computed them (averaged over
+        the four flips where it used them)."""
+        inputs = self.normalise(pixels.to(self.device, non_blocking=True))
+        return log_probabilities(self.network, inputs, self.spec.decision.flips).cpu().numpy()
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params=None

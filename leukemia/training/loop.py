@@ -188,7 +188,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         matrix = confusion_matrix(validated.targets, validated.predictions, cfg.model.num_classes)
-        val_metrics = {of(VAL, k): v for k, v in classification_metrics(matrix, CLASS_NAMES).items()}
+        val_metrics = {of(VAL, k): v for k, v in classification_metrics(matrix).items()}
         val_metrics[of(VAL, LOSS)] = validated.loss
         metrics = {of(TRAIN, LOSS): trained.loss, of(TRAIN, ACCURACY): trained.accuracy, "lr": lr} | val_metrics
         timing = trained.timing

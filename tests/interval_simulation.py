@@ -1,0 +1,95 @@
+"""The coverage simulation of the test scores' intervals: synthetic test sets whose cells share a subject random
+effect, scored by the evaluation's own bootstrap; coverage is how often an interval holds the population value.
+
+Model (on the logit scale): a cell of class c in subject s has logit mu_c + u_s + e, u_s ~ N(0, subject_sd²),
+e ~ N(0, cell_sd²); P(ALL) is its logistic, the threshold 0.5. The population value of every score is the
+score of one very large test set of the same design (the same share of ALL subjects). Run as a script, it
+prints the coverage table of docs/evaluation.md (more sets than the test uses):
+
+    python tests/interval_simulation.py
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from leukemia.evaluation.bootstrap import Counts, bootstrap_intervals, design
+from leukemia.names import INTERVAL_SCORES
+
+CELLS_PER_SUBJECT = 60
+SUBJECT_COUNTS = ((3, 3), (6, 4), (10, 5), (20, 10))  # (ALL, normal)
+TOO_FEW = ((2, 1), (3, 2), (2, 2))  # below MIN_UNITS in a class: no interval
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    mean_normal: float = -1.5
+    mean_all: float = 1.5
+    subject_sd: float = 1.0
+    cell_sd: float = 1.0
+    subjects_known: bool = True
+
+    def sample(self, rng: np.random.Generator, all_subjects: int, normal_subjects: int):
+        """A test set: targets, P(ALL), and each cell's subject (None where the scenario hides them)."""
+        targets, probability, subjects = [], [], []
+        for label, count, mean in ((1, all_subjects, self.mean_all), (0, normal_subjects, self.mean_normal)):
+            shift = rng.normal(0, self.subject_sd, count)
+            logits = mean + np.repeat(shift, CELLS_PER_SUBJECT) + rng.normal(0, self.cell_sd, count * CELLS_PER_SUBJECT)
+            targets.append(np.full(len(logits), label))
+            probability.append(1 / (1 + np.exp(-logits)))
+            subjects += [f"{label}-{k}" for k in range(count) for _ in range(CELLS_PER_SUBJECT)]
+        return np.concatenate(targets), np.concatenate(probability), subjects if self.subjects_known else None
+
+    def population(self, all_subjects: int, normal_subjects: int) -> dict[str, float]:
+        """Every score of a test set 4000 / max(counts) times as large (at least 4000 subjects of a class)."""
+        scale = 4000 // max(all_subjects, normal_subjects)
+        targets, probability, subjects = self.sample(np.random.default_rng(2024), all_subjects * scale,
+                                                     normal_subjects * scale)  # fmt: skip
+        return Counts(design(targets, subjects), probability, 0.5).point()
+
+
+SCENARIOS = (
+    Scenario("subject effect"),
+    Scenario("strong subject effect", subject_sd=2.0),
+    Scenario("no subject effect", subject_sd=0.0),
+    Scenario("near-perfect model", mean_normal=-3.0, mean_all=3.0, subject_sd=0.5),
+    Scenario("subjects unknown (cells)", subject_sd=0.0, subjects_known=False),
+)
+
+
+def coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resamples: int = 200, seed: int = 0
+             ) -> tuple[dict[str, float], dict[str, int]]:  # fmt: skip
+    """Per score: the fraction of the logged intervals that hold the population value, and how many were
+    logged (of ``sets``)."""
+    truth = scenario.population(*counts)
+    rng = np.random.default_rng(seed)
+    held, logged = dict.fromkeys(INTERVAL_SCORES, 0), dict.fromkeys(INTERVAL_SCORES, 0)
+    for k in range(sets):
+        targets, probability, subjects = scenario.sample(rng, *counts)
+        found = bootstrap_intervals(targets, [probability], [0.5], subjects, resamples, seed=k)
+        for key, (low, high) in found.bounds.items():
+            if np.isfinite(low):
+                logged[key] += 1
+                held[key] += low <= truth[key] <= high
+    return {key: held[key] / logged[key] for key in INTERVAL_SCORES if logged[key]}, logged
+
+
+def table(sets: int) -> str:
+    """The Markdown coverage table: per scenario and subject count, the lowest coverage over the scores and
+    each score's."""
+    lines = ["| scenario | ALL + normal subjects | lowest | " + " | ".join(INTERVAL_SCORES) + " |",
+             "|---|---|---|" + "---|" * len(INTERVAL_SCORES)]  # fmt: skip
+    for scenario in SCENARIOS:
+        for counts in SUBJECT_COUNTS:
+            held, _ = coverage(scenario, counts, sets)
+            cells = " | ".join(f"{held[key]:.3f}" if key in held else "—" for key in INTERVAL_SCORES)
+            lines.append(f"| {scenario.name} | {counts[0]} + {counts[1]} | {min(held.values()):.3f} | {cells} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(int(sys.argv[1]) if len(sys.argv) > 1 else 1000))

@@ -1,0 +1,151 @@
+"""The test scores' bootstrap intervals: each draw's scores against scikit-learn, the draws themselves, where no
+interval is given, the interval's formula by hand, the paired difference, and the coverage simulation (the
+oracle: an interval at the wrong level, or from draws of the wrong size, moves its coverage off 0.95)."""
+
+import numpy as np
+import pytest
+from interval_simulation import SCENARIOS, SUBJECT_COUNTS, TOO_FEW, coverage
+from scipy import special, stats
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from leukemia.evaluation.bootstrap import CELLS, SUBJECTS, Counts, bootstrap_intervals, bounds, design, draws
+from leukemia.evaluation.decision import labels_at
+from leukemia.names import INTERVAL_SCORES
+
+
+def sample(count: int, seed: int, subjects: int = 0):
+    """Random cells; with ``subjects``, named ``<class>-<k>``, k < subjects, each with its own shift."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 2, count)
+    names = np.array([f"{t}-{k % subjects}" for k, t in enumerate(targets)]) if subjects else None
+    shift = np.array([hash(name) % 7 / 30 for name in names]) if subjects else 0
+    probability = np.round(np.clip(0.3 * targets + rng.random(count) * 0.6 + shift, 0, 1), 2)  # with ties
+    return targets, probability, names
+
+
+def sklearn_scores(targets, probability, threshold=0.5):
+    labels = labels_at(probability, threshold)
+    return {
+        "accuracy": accuracy_score(targets, labels),
+        "balanced_accuracy": balanced_accuracy_score(targets, labels),
+        "f1_weighted": f1_score(targets, labels, average="weighted"),
+        "roc_auc": roc_auc_score(targets, probability),
+        "sensitivity": recall_score(targets, labels),
+        "specificity": recall_score(1 - targets, 1 - labels),
+        "ppv": precision_score(targets, labels),
+        "npv": precision_score(1 - targets, 1 - labels),
+    }
+
+
+@pytest.mark.parametrize("subjects", [0, 5])
+def test_every_draws_scores_are_scikit_learns_on_the_cells_it_drew(subjects):
+    targets, probability, names = sample(400, 1, subjects)
+    plan = design(targets, names)
+    counts = Counts(plan, probability, 0.45)
+    assert counts.point() == pytest.approx(sklearn_scores(targets, probability, 0.45))
+    normal, blast = draws(plan, 5, seed=3)[0]
+    found = counts.scores(normal, blast)
+    for r in range(5):  # rebuild draw r's cells: each unit's cells as often as the draw picked it
+        index = np.concatenate([np.repeat(cells[members == unit], int(picks[r, unit]))
+                                for cells, members, picks in zip(plan.cells, plan.members, (normal, blast), strict=True)
+                                for unit in range(picks.shape[1])])  # fmt: skip
+        expected = sklearn_scores(targets[index], probability[index], 0.45)
+        assert {key: found[key][r] for key in INTERVAL_SCORES} == pytest.approx(expected)
+
+
+def test_a_draw_picks_as_many_units_of_each_class_as_the_data_holds():
+    targets, _, names = sample(300, 2, subjects=4)
+    plan = design(targets, names)
+    assert plan.method == SUBJECTS and plan.units == (4, 4)
+    for normal, blast in draws(plan, 600, seed=0):
+        assert (normal.sum(axis=1) == 4).all() and (blast.sum(axis=1) == 4).all()
+    picked = np.concatenate([blast for _, blast in draws(plan, 600, seed=0)])
+    assert picked.mean(axis=0) == pytest.approx(np.ones(4), abs=0.1)  # each unit once per draw on average
+    cells = design(targets, None)
+    assert cells.method == CELLS and cells.units == ((targets == 0).sum(), (targets == 1).sum())
+
+
+def test_the_bootstrap_is_seeded():
+    targets, probability, _ = sample(200, 2)
+    first = bootstrap_intervals(targets, [probability], [0.5], None, 200, seed=7).bounds
+    assert bootstrap_intervals(targets, [probability], [0.5], None, 200, seed=7).bounds == first
+    assert bootstrap_intervals(targets, [probability], [0.5], None, 200, seed=8).bounds != first
+
+
+def test_the_interval_is_the_t_interval_of_the_logit_with_the_small_sample_inflation_by_hand():
+    values = np.array([0.6, 0.7, 0.8, 0.75, 0.65])
+    logits = np.log(values / (1 - values))
+    spread = logits.std(ddof=1) * np.sqrt(5 / 3)  # 4 units in the smaller class: (4 + 1) / (4 - 1)
+    half = stats.t.ppf(0.975, 3) * spread
+    expected = special.expit(np.log(0.7 / 0.3) + np.array([-half, half]))
+    assert bounds(0.7, values, (4, 6), 600) == pytest.approx(tuple(expected))
+    difference = np.array([0.01, 0.03, 0.02, -0.01])  # a paired difference: as it is, not on the logit
+    half = stats.t.ppf(0.975, 3) * difference.std(ddof=1) * np.sqrt(5 / 3)
+    assert bounds(0.02, difference, (4, 6), 600, paired=True) == pytest.approx((0.02 - half, 0.02 + half))
+
+
+def test_known_subjects_are_resampled_whole_and_widen_the_interval_when_they_differ():
+    rng = np.random.default_rng(4)
+    names = np.repeat([f"s{k}" for k in range(8)], 100)
+    targets = np.repeat([0, 1] * 4, 100)
+    probability = np.clip(0.3 + 0.35 * targets + np.repeat(rng.normal(0, 0.25, 8), 100) + rng.normal(0, 0.1, 800), 0, 1)
+    by_subject = bootstrap_intervals(targets, [probability], [0.5], list(names), 400)
+    by_cell = bootstrap_intervals(targets, [probability], [0.5], None, 400)
+    assert by_subject.design.method == SUBJECTS and by_cell.design.method == CELLS
+    width = {found.design.method: np.diff(found.bounds["accuracy"])[0] for found in (by_subject, by_cell)}
+    assert width[SUBJECTS] > 3 * width[CELLS]
+    assert "4 + 4 subjects" in by_subject.tag() and "cells assumed independent" in by_cell.tag()
+
+
+@pytest.mark.parametrize("counts", TOO_FEW)
+def test_too_few_subjects_give_no_interval_and_say_why(counts):
+    targets, probability, names = SCENARIOS[0].sample(np.random.default_rng(0), *counts)
+    found = bootstrap_intervals(targets, [probability], [0.5], names, 200)
+    assert all(np.isnan(low) and np.isnan(high) for low, high in found.bounds.values())
+    assert found.tag().startswith(f"no intervals: {counts[0]} + {counts[1]} subjects (ALL + normal)")
+    assert found.point == pytest.approx(sklearn_scores(targets, probability))  # the scores themselves stay
+
+
+def test_a_score_every_draw_gives_alike_has_no_zero_width_interval():
+    targets, probability, names = sample(300, 5, subjects=4)
+    constant = np.ones(300)  # calls every cell ALL: sensitivity 1, specificity 0 in every draw
+    found = bootstrap_intervals(targets, [constant], [0.5], names, 200)
+    for key in ("sensitivity", "specificity", "balanced_accuracy", "roc_auc"):
+        assert np.isnan(found.bounds[key][0]), key
+    assert np.isfinite(found.bounds["accuracy"][0])  # the share of ALL cells varies between draws
+    for low, high in found.bounds.values():
+        assert low != high  # NaN (none) or a spread
+
+
+def test_the_paired_difference_uses_the_same_draws_for_both_models():
+    rng = np.random.default_rng(6)
+    targets, probability, names = SCENARIOS[0].sample(rng, 20, 10)
+    better = np.clip(probability + np.where(targets == 1, 0.25, -0.25), 0, 1)  # every cell nudged the right way
+    paired = bootstrap_intervals(targets, [probability, better], [0.5, 0.5], names, 400)
+    alone = [bootstrap_intervals(targets, [p], [0.5], names, 400) for p in (probability, better)]
+    gain = alone[1].point["balanced_accuracy"] - alone[0].point["balanced_accuracy"]
+    assert paired.point["balanced_accuracy"] == pytest.approx(gain)
+    low, high = paired.bounds["balanced_accuracy"]
+    assert 0 < low < gain < high
+    # The unpaired intervals overlap; the paired one sees the difference.
+    assert alone[1].bounds["balanced_accuracy"][0] < alone[0].bounds["balanced_accuracy"][1]
+    same = bootstrap_intervals(targets, [probability, probability], [0.5, 0.5], names, 400)
+    assert same.point["accuracy"] == 0 and np.isnan(same.bounds["accuracy"][0])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_every_logged_interval_holds_its_level_in_the_coverage_simulation(scenario):
+    sets = 200 if scenario.subjects_known else 400  # cells: near its level, so more sets to tell it
+    for counts in SUBJECT_COUNTS if scenario.subjects_known else SUBJECT_COUNTS[:2]:
+        held, logged = coverage(scenario, counts, sets)
+        assert min(held.values()) >= 0.93, (counts, held)
+        assert max(logged.values()) >= sets // 2, logged  # an interval is given on most sets
+        if not scenario.subjects_known:  # hundreds of independent units: the interval is near its level
+            assert max(held.values()) <= 0.985, (counts, held)
