@@ -101,10 +101,10 @@ def test_the_model_records_its_preprocessing_signature_and_example(logged):
     folder = Path(mlflow.artifacts.download_artifacts(uri))
     stored = json.loads((folder / "artifacts" / "preprocessing.json").read_text())
     assert stored == {"depth": 18, "num_classes": 2, "crop_size": 36, "image_size": 32, "mean": [0.5, 0.4, 0.3],
-                      "std": [0.2, 0.25, 0.3], "temperature": 1.0, "threshold": 0.5}  # fmt: skip
+                      "std": [0.2, 0.25, 0.3], "temperature": 1.0, "threshold": 0.5, "flips": False}  # fmt: skip
     assert Preprocessing.from_json(json.dumps(stored)) == SPEC
-    older = {key: value for key, value in stored.items() if key not in ("temperature", "threshold")}
-    assert Preprocessing.from_json(json.dumps(older)).decision == Decision(1.0, 0.5)
+    older = {key: value for key, value in stored.items() if key not in ("temperature", "threshold", "flips")}
+    assert Preprocessing.from_json(json.dumps(older)).decision == Decision(1.0, 0.5, flips=False)
     assert (folder / "code" / "leukemia" / "models.py").is_file()  # the model carries the code that built it
 
 
@@ -121,6 +121,27 @@ def test_the_model_applies_its_temperature_and_threshold(logged, tmp_path):
     np.testing.assert_allclose(out["probability_all"], expected, atol=1e-5)
     assert list(out["label"]) == [int(p >= 0.4) for p in expected]
     assert not np.allclose(expected, reference_probabilities(network, images))  # the temperature changed them
+
+
+def test_a_model_evaluated_with_flips_scores_the_mean_of_the_four_flips(logged, tmp_path):
+    network, _, _ = logged
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(separable_cell(rng, 40, k % 2)) for k in range(6)]
+    frame = pd.DataFrame({"image": [base64.b64encode(file_bytes(image, "PNG")).decode() for image in images]})
+    spec = replace(SPEC, decision=Decision(temperature=2.0, threshold=0.5, flips=True))
+    uri = log_cell_model(MlflowClient(), new_run("flips", tmp_path), network.state_dict(), spec,
+                         file_bytes(images[0], "PNG"))  # fmt: skip
+    out = mlflow.pyfunc.load_model(uri).predict(frame)
+    steps = transforms.Compose([transforms.CenterCrop(SPEC.crop_size), transforms.Resize(SPEC.image_size),
+                                transforms.ToTensor(), transforms.Normalize(SPEC.mean, SPEC.std)])  # fmt: skip
+    inputs = torch.stack([steps(image.convert("RGB")) for image in images])
+    with torch.no_grad():  # the mean softmax of the flipped views, then the temperature on its log
+        views = [inputs, inputs.flip(-1), inputs.flip(-2), inputs.flip(-2).flip(-1)]
+        mean = torch.stack([network(view).softmax(1) for view in views]).mean(0)
+    expected = (mean.log() / 2.0).softmax(1)[:, 1].numpy()
+    np.testing.assert_allclose(out["probability_all"], expected, atol=1e-5)
+    one_view = (network(inputs).log_softmax(1) / 2.0).softmax(1)[:, 1].detach().numpy()
+    assert np.abs(one_view - expected).max() > 1e-4  # the flips change the probabilities
 
 
 def write_cells(folder, names):

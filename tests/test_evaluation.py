@@ -340,25 +340,78 @@ def test_showcase_picks_the_most_confident_correct_and_wrong_cell_of_each_class(
 # The comparison table
 
 
-def test_the_summary_shows_each_interval_and_which_differences_are_noise():
+def test_the_summary_shows_each_interval_and_the_paired_difference_from_the_reference():
     from leukemia.tasks.plot import markdown, with_intervals
 
     table = pd.DataFrame({
         "run": ["a", "b", "c"],
-        "test_accuracy": [0.90, 0.85, 0.70],
-        "test_accuracy_ci_low": [0.86, 0.80, 0.64],
-        "test_accuracy_ci_high": [0.94, 0.89, 0.75],
-        "test_f1_weighted": [0.91, 0.86, 0.69],
-        "test_f1_weighted_ci_low": [0.87, 0.81, 0.63],
-        "test_f1_weighted_ci_high": [0.95, 0.90, 0.74],
+        "test_accuracy": [0.90, 0.85, np.nan],
+        "test_accuracy_ci_low": [0.86, 0.80, np.nan],
+        "test_accuracy_ci_high": [0.94, 0.89, np.nan],
+        "f1_weighted_difference": [np.nan, -0.039, np.nan],
+        "f1_weighted_difference_ci_low": [np.nan, -0.048, np.nan],
+        "f1_weighted_difference_ci_high": [np.nan, -0.032, np.nan],
+        "roc_auc_difference": [np.nan, -0.01, np.nan],
+        "roc_auc_difference_ci_low": [np.nan, -0.02, np.nan],
+        "verdict": ["reference", "worse", ""],
     })  # fmt: skip
     shown = with_intervals(table)
-    assert shown["test_accuracy"].tolist()[0] == "0.9000 [0.8600, 0.9400]"
-    assert "test_accuracy_ci_low" not in shown and "test_f1_weighted_ci_high" not in shown
-    # b's interval reaches a's lower bound (0.90 >= 0.87): noise; c's (0.74) lies wholly below it.
-    assert shown["f1_weighted vs best"].tolist() == ["best", "within noise", "below"]
-    assert "| 0.8500 [0.8000, 0.8900] |" in markdown(shown)
-    assert "f1_weighted vs best" not in with_intervals(table[["run", "test_accuracy"]])
-    untested = pd.concat([table, pd.DataFrame({"run": ["d"]})], ignore_index=True)  # a run with no test scores
-    assert with_intervals(untested)["f1_weighted vs best"].tolist() == ["best", "within noise", "below", ""]
-    assert with_intervals(untested)["test_accuracy"].tolist()[3] == ""
+    assert shown["test_accuracy"].tolist() == ["0.9000 [0.8600, 0.9400]", "0.8500 [0.8000, 0.8900]", ""]
+    assert shown["f1_weighted_difference"].tolist() == ["", "-0.0390 [-0.0480, -0.0320]", ""]
+    assert not [column for column in shown if column.endswith("_ci_low") or column.startswith("roc_auc_diff")]
+    assert "| b | 0.8500 [0.8000, 0.8900] | -0.0390 [-0.0480, -0.0320] | worse |" in markdown(shown)
+
+
+def predictions(probability, targets, subjects=None, order=None):
+    table = pd.DataFrame({"ID": [f"c{k}.bmp" for k in range(len(targets))], "probability_all": probability,
+                          "true_label": targets})  # fmt: skip
+    if subjects is not None:
+        table["subject"] = subjects
+    return table if order is None else table.iloc[order].reset_index(drop=True)
+
+
+def test_a_paired_comparison_matches_rows_by_id_and_says_better_worse_or_not_distinguishable():
+    from interval_simulation import SCENARIOS
+
+    from leukemia.evaluation.bootstrap import bootstrap_intervals
+    from leukemia.evaluation.comparison import paired_comparison
+
+    targets, probability, subjects = SCENARIOS[0].sample(np.random.default_rng(8), 20, 10)
+    better = np.clip(probability + np.where(targets == 1, 0.3, -0.3), 0, 1)
+    reference = predictions(probability, targets, subjects)
+    shuffled = predictions(better, targets, subjects, order=np.random.default_rng(0).permutation(len(targets)))
+    row = paired_comparison(reference, shuffled, (0.5, 0.5), 400, 0)
+    expected = bootstrap_intervals(targets, [probability, better], [0.5, 0.5], subjects, 400, 0)
+    assert row["f1_weighted_difference"] == pytest.approx(expected.point["f1_weighted"])
+    assert (row["f1_weighted_difference_ci_low"], row["f1_weighted_difference_ci_high"]) == pytest.approx(
+        expected.bounds["f1_weighted"]
+    )
+    assert row["verdict"] == "better" and row["f1_weighted_difference_ci_low"] > 0
+    assert paired_comparison(shuffled, reference, (0.5, 0.5), 400, 0)["verdict"] == "worse"
+    noisy = predictions(np.clip(probability + np.random.default_rng(1).normal(0, 0.01, len(targets)), 0, 1),
+                        targets, subjects)  # fmt: skip
+    assert paired_comparison(reference, noisy, (0.5, 0.5), 400, 0)["verdict"] == "not distinguishable"
+    kept = np.r_[0:180, 1200:1260]  # 3 ALL subjects, 1 normal (ALL subjects come first, 60 cells each)
+    few = paired_comparison(reference.iloc[kept], predictions(better, targets, subjects).iloc[kept], (0.5, 0.5),
+                            400, 0)  # fmt: skip
+    assert few["verdict"] == "" and few["why"].startswith("no intervals: 3 + 1 subjects")
+    other_cells = predictions(better[1:], targets[1:])
+    assert (
+        paired_comparison(reference, other_cells, (0.5, 0.5), 400, 0)["why"]
+        == "the runs were tested on different cells"
+    )
+
+
+def test_the_reference_run_is_the_best_on_validation_not_on_test():
+    from leukemia.tasks.plot import reference_run
+    from leukemia.tracking.store import RunRecord
+
+    def run(name, monitor_value, test_value, monitor="val_f1_weighted"):
+        return RunRecord(name, name, "0", "FINISHED", 0, {"trainer.monitor": monitor},
+                         {}, {f"best_{monitor}": monitor_value, "test_f1_weighted": test_value})  # fmt: skip
+
+    runs = [run("a", 0.90, 0.95), run("b", 0.93, 0.80), run("c", 0.91, 0.99)]
+    assert reference_run(runs) == (runs[1], "best_val_f1_weighted")
+    losses = [run("a", 0.30, 0.9, "val_loss"), run("b", 0.20, 0.8, "val_loss")]
+    assert reference_run(losses)[0].name == "b"  # a loss: the lowest
+    assert reference_run([RunRecord("x", "x", "0", "FAILED", 0, {}, {}, {})]) == (None, "best_val_f1_weighted")

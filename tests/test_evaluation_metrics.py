@@ -12,7 +12,7 @@ def test_confusion_matrix_rows_are_true_classes():
 
 def test_metrics_match_hand_computation():
     # 3 normal (1 right), 5 ALL (4 right)
-    metrics = classification_metrics(np.array([[1, 2], [1, 4]]), ("normal", "all"))
+    metrics = classification_metrics(np.array([[1, 2], [1, 4]]))
     assert metrics["accuracy"] == pytest.approx(5 / 8)
     assert metrics["accuracy_normal"] == pytest.approx(1 / 3)
     assert metrics["accuracy_all"] == pytest.approx(4 / 5)
@@ -20,13 +20,17 @@ def test_metrics_match_hand_computation():
     f1_normal = 2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3)
     f1_all = 2 * (4 / 6) * (4 / 5) / (4 / 6 + 4 / 5)
     assert metrics["f1_weighted"] == pytest.approx((3 * f1_normal + 5 * f1_all) / 8)
+    # ALL positive: TP 4, FN 1, FP 2, TN 1.
+    assert metrics["sensitivity"] == pytest.approx(4 / 5) and metrics["specificity"] == pytest.approx(1 / 3)
+    assert metrics["ppv"] == pytest.approx(4 / 6) and metrics["npv"] == pytest.approx(1 / 2)
 
 
 def test_predicting_only_the_majority_class_scores_half_balanced_accuracy():
-    metrics = classification_metrics(np.array([[0, 10], [0, 20]]), ("normal", "all"))
+    metrics = classification_metrics(np.array([[0, 10], [0, 20]]))
     assert metrics["accuracy"] == pytest.approx(2 / 3)
     assert metrics["balanced_accuracy"] == pytest.approx(0.5)
     assert metrics["accuracy_normal"] == 0.0
+    assert "npv" not in metrics  # nothing called normal: undefined, left out (not 0)
 
 
 def brute_force_auc(targets, scores):

@@ -5,6 +5,10 @@ seed's comparison figure (train and validation accuracy per epoch of every run, 
 curves, the runs' confusion matrices side by side, and a summary table (CSV and Markdown) of each run's best
 metrics and hyper-parameters, into the job's output folder and into a new MLflow run of kind "plot"; names
 the registered champion among the runs' model versions.
+
+Runs are compared with a reference, the best on validation (``best_<trainer.monitor>``, never a test score),
+by a paired bootstrap of the difference of their test scores on the same cells: "better", "worse" or "not
+distinguishable" from the interval of that difference (``leukemia.evaluation.comparison``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukemia.config import Config
 from leukemia.errors import UserError
+from leukemia.evaluation.comparison import COMPARED, VERDICT, WHY, difference, paired_comparison
 from leukemia.evaluation.figures import comparison_figure, confusion_grid_figure
+from leukemia.evaluation.report import PREDICTIONS
 from leukemia.names import (
     ACCURACY,
     BALANCED_ACCURACY,
@@ -50,6 +56,7 @@ from leukemia.tasks.context import launch_context, output_dir
 from leukemia.tracking.registry import CHAMPION, Version, versions_of
 from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import RunRecord, Store
+from leukemia.training.schema import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +74,10 @@ SUMMARY_METRICS = (
     THRESHOLD,
 )
 # Test scores logged with bootstrap intervals (test_<score>_ci_low, _ci_high); the Markdown table shows each
-# as ``score [low, high]``, and whether each run's interval of the challenge metric overlaps the best run's.
+# as ``score [low, high]``, and the paired difference of the challenge metric from the reference run's.
 INTERVAL_METRICS = tuple(of(TEST, score) for score in INTERVAL_SCORES)
-CHALLENGE_METRIC = of(TEST, CHALLENGE)
+PAIRED = difference(CHALLENGE)  # shown in summary.md; the other paired columns are in paired.csv only
+PAIRED_DETAIL = tuple(difference(score) for score in COMPARED if score != CHALLENGE)
 # Params that differ between runs without being hyper-parameters (or that follow from one, as the depth).
 NOT_HYPERPARAMETERS = ("dataset.", "paths.", "tracking.", "run_name", "run_id", "weights", "plot.", "task",
                        "model.depth", "data.test_csv", "data.test_labels_csv")  # fmt: skip
@@ -129,27 +137,56 @@ def summary_table(runs: list[RunRecord], varying: list[str], versions: list[Vers
 
 
 def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
-    """The summary with each interval beside its score (``0.9560 [0.9300, 0.9780]``) and, where the runs have
-    intervals of the challenge metric, whether each differs from the best run's beyond noise: ``best``, ``within
-    noise`` (the intervals overlap) or ``below``; blank for a run without them."""
+    """The summary with each interval beside its score (``0.9560 [0.9300, 0.9780]``) and, where the runs were
+    compared with the reference, each one's paired difference of the challenge metric with its interval and
+    the verdict (``better``, ``worse``, ``not distinguishable``; the reference says ``reference``)."""
 
     def shown_with(value: float, low: float, high: float) -> str:
         return "" if np.isnan(value) else f"{value:.4f}" + ("" if np.isnan(low) else f" [{low:.4f}, {high:.4f}]")
 
     shown = table.copy()
-    for key in INTERVAL_METRICS:
+    for key in (*INTERVAL_METRICS, PAIRED):
         low, high = interval(key)
         if low in shown:
             shown[key] = [shown_with(*values) for values in zip(table[key], table[low], table[high], strict=True)]
             shown = shown.drop(columns=[low, high])
-    low, high = interval(CHALLENGE_METRIC)
-    if low in table and table[CHALLENGE_METRIC].notna().any():
-        top = table[CHALLENGE_METRIC].idxmax()
-        floor = table.loc[top, low]
-        shown[f"{CHALLENGE} vs best"] = ["best" if index == top else "" if np.isnan(upper) else
-                                         "within noise" if upper >= floor else "below"
-                                         for index, upper in table[high].items()]  # fmt: skip
-    return shown
+    return shown.drop(columns=[column for column in shown if column.startswith(PAIRED_DETAIL)])
+
+
+def reference_run(runs: list[RunRecord]) -> tuple[RunRecord | None, str]:
+    """The run the others are compared with: the best by its validation ``best_<trainer.monitor>`` (never a
+    test score), and that metric's name; None where no run has it."""
+    monitor = Monitor(runs[0].params.get("trainer.monitor", Monitor.val_f1_weighted.value).split(".")[-1])
+    key = best(monitor.value)
+    candidates = [run for run in runs if key in run.metrics]
+    if not candidates:
+        return None, key
+    sign = -1 if monitor.direction == "minimize" else 1
+    return max(candidates, key=lambda run: sign * run.metrics[key]), key
+
+
+def paired_table(store: Store, runs: list[RunRecord], reference: RunRecord, scratch: Path, cfg: Config
+                 ) -> pd.DataFrame:  # fmt: skip
+    """Per run, its paired comparison with ``reference`` on their test predictions (``predictions.csv``)."""
+    predictions = {}
+    for run in runs:
+        try:
+            path = store.download(run, PREDICTIONS, scratch / run.id, "")
+        except UserError:
+            continue
+        predictions[run.id] = pd.read_csv(path, dtype={"ID": str, "subject": str})
+    rows = []
+    for run in runs:
+        if run.id == reference.id:
+            row = {VERDICT: "reference", WHY: ""}
+        elif run.id not in predictions or reference.id not in predictions:
+            row = {VERDICT: "", WHY: f"no {PREDICTIONS} to pair"}
+        else:
+            thresholds = (reference.metrics.get(THRESHOLD, 0.5), run.metrics.get(THRESHOLD, 0.5))
+            row = paired_comparison(predictions[reference.id], predictions[run.id], thresholds, cfg.eval.bootstrap,
+                                    cfg.seed)  # fmt: skip
+        rows.append({"run_id": run.id, **row})
+    return pd.DataFrame(rows)
 
 
 CV_METRICS = tuple(of(VAL, score) for score in (ACCURACY, BALANCED_ACCURACY, F1_WEIGHTED, *CLASS_ACCURACIES, LOSS))
@@ -223,18 +260,38 @@ def confusion_matrices(store: Store, runs: list[RunRecord], labels: list[str], s
     return matrices
 
 
-def write_tables(
-    folder: Path, runs: list[RunRecord], varying: list[str], versions: list[Version]
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The summary table and, over fold runs, the cross-validation summary, as CSV and Markdown in ``folder``."""
+def comparison_note(reference: RunRecord | None, key: str) -> str:
+    """summary.md's first lines: which run is the reference, chosen how, and how the differences were made."""
+    if reference is None:
+        return f"No paired comparison: no run has {key} (the validation metric the reference is chosen by).\n\n"
+    return (f"Reference: **{reference.name}** (`{reference.id}`), the best by {key} = {reference.metrics[key]:.4f} "
+            f"on validation (never by a test score). `{PAIRED}`: each run's {CHALLENGE} minus the reference's on "
+            f"the same test cells, with a paired 95% bootstrap interval (the same draws of subjects, or cells "
+            f"where none are known, for both runs); `{VERDICT}`: better or worse where that interval excludes 0, "
+            f"else not distinguishable.\n\n")  # fmt: skip
+
+
+def write_tables(folder: Path, runs: list[RunRecord], varying: list[str], versions: list[Version],
+                 paired: pd.DataFrame | None, note: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:  # fmt: skip
+    """The summary table (with the paired comparison, where made) and, over fold runs, the cross-validation
+    summary, as CSV and Markdown (``note`` first) in ``folder``."""
     table = summary_table(runs, varying, versions)
+    if paired is not None:
+        table = table.merge(paired, on="run_id", how="left")
     table.to_csv(folder / "summary.csv", index=False)
-    (folder / "summary.md").write_text(markdown(with_intervals(table)))
+    (folder / "summary.md").write_text(note + markdown(with_intervals(table)))
     folds = cv_summary(runs, varying)
     if folds is not None:
         folds.to_csv(folder / "cv_summary.csv", index=False)
         (folder / "cv_summary.md").write_text(markdown(readable(folds)))
     return table, folds
+
+
+def paired_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """The plot run's metrics of the comparison: ``paired_<run id>_<score>_difference`` and its bounds."""
+    columns = [column for column in table if column.startswith(tuple(difference(s) for s in COMPARED))]
+    return {f"paired_{row['run_id']}_{column}": float(row[column]) for _, row in table.iterrows()
+            for column in columns if np.isfinite(row[column])}  # fmt: skip
 
 
 def plot(composed: DictConfig) -> dict[str, float]:
@@ -251,10 +308,12 @@ def plot(composed: DictConfig) -> dict[str, float]:
     folder = output_dir()
     folder.mkdir(parents=True, exist_ok=True)
     versions = versions_of(cfg.tracking.uri, [run.id for run in runs])
-    table, folds = write_tables(folder, runs, varying, versions)
-    tables = ["summary.csv", "summary.md"] + (["cv_summary.csv", "cv_summary.md"] if folds is not None else [])
+    reference, key = reference_run(runs)
     with tempfile.TemporaryDirectory() as scratch:
         matrices = confusion_matrices(store, runs, labels, Path(scratch))
+        paired = None if reference is None else paired_table(store, runs, reference, Path(scratch), cfg)
+    table, folds = write_tables(folder, runs, varying, versions, paired, comparison_note(reference, key))
+    tables = ["summary.csv", "summary.md"] + (["cv_summary.csv", "cv_summary.md"] if folds is not None else [])
     figures = {
         "comparison_accuracy.png": comparison_figure(histories, "accuracy", "accuracy", f"Accuracy per epoch: {what}"),
         "comparison_loss.png": comparison_figure(histories, "loss", "cross-entropy", f"Loss per epoch: {what}"),
@@ -275,7 +334,9 @@ def plot(composed: DictConfig) -> dict[str, float]:
             report.log_figure(figure, f"plot/{file_name}")
         for file_name in tables:
             report.log_artifact(folder / file_name, "plot")
-        log.info("compared %d runs (%s):\n%s", len(runs), what, markdown(with_intervals(table)))
+        report.log_metrics(paired_metrics(table))
+        log.info("compared %d runs (%s):\n%s%s", len(runs), what, comparison_note(reference, key),
+                 markdown(with_intervals(table)))  # fmt: skip
         for champion in crowned:
             log.info("champion: %s", champion)
         if folds is not None:
