@@ -79,12 +79,20 @@ def test_cnmc_run_diagnoses_its_validation_and_test_subjects(cnmc_run):
     assert subjects["mean_probability_all"].tolist() == pytest.approx(means.tolist())
     called = (means >= metrics["threshold"]).astype(int).tolist()
     assert metrics["test_subject_accuracy"] == pytest.approx(((called[0] == 1) + (called[1] == 0)) / 2)
-    assert metrics["test_subjects"] == 2 and metrics["val_subjects"] >= 2 and "val_subject_roc_auc" in metrics
+    assert metrics["test_subjects"] == 2 and metrics["val_subjects"] >= 2
     valid = pd.read_csv(client.download_artifacts(run.info.run_id, "val_subjects.csv", str(folder)))
     assert len(valid) == metrics["val_subjects"] and valid["cells"].sum() == int(
         run.data.params["dataset.valid.images"]
     )
-    assert run.data.tags["test_ci"] == "95% bootstrap, 1000 draws of cells"  # one subject per class: cells
+    per_class = valid.groupby("true_label").size()
+    assert ("val_subject_roc_auc" in metrics) == (len(per_class) == 2 and per_class.min() >= 2)
+    # One subject per class: no interval holds its level, and none is logged (cells are not resampled instead).
+    assert run.data.tags["test_ci"].startswith("no intervals: 1 + 1 subjects (ALL + normal); at least 3 per class")
+    assert not [key for key in metrics if key.startswith("test_") and "_ci_" in key and "subject" not in key]
+    assert run.data.tags["test_subject_roc_auc"].startswith("absent: 1 ALL + 1 normal subjects")
+    assert metrics["test_subject_tp"] + metrics["test_subject_fn"] == 1
+    assert "test_calibration_slope" in metrics or run.data.tags["test_calibration_slope"].startswith("absent")
+    assert run.data.tags["temperature_at_bound"].split(":")[0] in ("true", "false")
 
 
 def test_skipped_images_are_warned_counted_and_listed_and_loss_weights_logged(tmp_path):

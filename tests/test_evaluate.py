@@ -130,9 +130,15 @@ def test_eval_by_run_id_logs_a_child_run_whose_metrics_match_a_direct_computatio
     assert metrics["test_ece_calibrated"] == pytest.approx(ece_directly(scaled(raw, metrics["temperature"]), truth),
                                                            abs=1e-6)  # fmt: skip
     assert metrics["test_brier"] == pytest.approx(reference.brier_score_loss(truth, raw[:, 1]), abs=1e-6)
-    for key in ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc"):
-        assert metrics[f"test_{key}_ci_low"] <= metrics[f"test_{key}"] <= metrics[f"test_{key}_ci_high"]
-    assert child.data.tags["test_ci"] == "95% bootstrap, 1000 draws of cells"  # this layout names no subjects
+    for key in ("accuracy", "balanced_accuracy", "f1_weighted", "roc_auc", "sensitivity", "specificity"):
+        if f"test_{key}_ci_low" in metrics:  # none where every draw gives the same value (a perfect score)
+            assert metrics[f"test_{key}_ci_low"] <= metrics[f"test_{key}"] <= metrics[f"test_{key}_ci_high"]
+    # This layout names no subjects: cells are resampled, and the tag says what that assumes.
+    assert child.data.tags["test_ci"].startswith("95% bootstrap-t, 1000 draws of 6 + 6 cells (ALL + normal)")
+    assert (
+        child.data.tags["test_ci"].endswith("cells assumed independent (no subjects known)")
+        or "none for" in child.data.tags["test_ci"]
+    )
     assert metrics["test_accuracy"] == pytest.approx(reference.accuracy_score(truth, predicted))
     assert metrics["test_balanced_accuracy"] == pytest.approx(reference.balanced_accuracy_score(truth, predicted))
     assert metrics["test_f1_weighted"] == pytest.approx(reference.f1_score(truth, predicted, average="weighted"))
@@ -202,7 +208,7 @@ def test_a_run_without_weights_is_named(tmp_path):
 
 
 def test_a_demo_run_diagnoses_subjects_at_a_balanced_threshold_with_subject_intervals(tmp_path):
-    demo = ("data=demo", "data.subjects_all=10", "data.subjects_normal=10", "data.images_per_subject=8",
+    demo = ("data=demo", "data.subjects_all=15", "data.subjects_normal=15", "data.images_per_subject=8",
             "data.image_size=32", f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
     result = run_cli(*demo, "trainer.epochs=2", "trainer.progress=false", "eval.threshold=balanced",
                      "eval.bootstrap=200", cwd=tmp_path)  # fmt: skip
@@ -213,11 +219,12 @@ def test_a_demo_run_diagnoses_subjects_at_a_balanced_threshold_with_subject_inte
     cells = csv_artifact(client, run, "predictions.csv", tmp_path)
     assert cells.label.tolist() == (cells.probability_all >= metrics["threshold"]).astype(int).tolist()
     truth = pd.read_csv(next((tmp_path / "cache").glob("demo-v1/*/test_labels.csv")))
-    cells["subject"] = truth.subject.astype(str).tolist()
+    assert cells.subject.astype(str).tolist() == truth.subject.astype(str).tolist()  # each cell's subject logged
+    cells["subject"] = cells.subject.astype(str)
     expected = cells.groupby("subject").agg(cells=("label", "size"), fraction_all=("label", "mean"),
                                             mean_probability_all=("probability_all", "mean"))  # fmt: skip
     subjects = csv_artifact(client, run, "subjects.csv", tmp_path).astype({"subject": str}).set_index("subject")
-    assert subjects.index.tolist() == sorted(truth.subject.astype(str).unique()) and len(subjects) == 4
+    assert subjects.index.tolist() == sorted(truth.subject.astype(str).unique()) and len(subjects) == 6
     assert subjects.cells.tolist() == expected.cells.tolist()
     assert subjects.fraction_all.tolist() == pytest.approx(expected.fraction_all.tolist())
     assert subjects.mean_probability_all.tolist() == pytest.approx(expected.mean_probability_all.tolist())
@@ -228,8 +235,15 @@ def test_a_demo_run_diagnoses_subjects_at_a_balanced_threshold_with_subject_inte
     assert metrics["test_subject_balanced_accuracy"] == pytest.approx(
         reference.balanced_accuracy_score(true_of, called)
     )
-    assert metrics["val_subjects"] == 4 and "val_subject_accuracy" in metrics
-    assert run.data.tags["test_ci"] == "95% bootstrap, 200 draws of subjects"
+    assert metrics["val_subjects"] == 6 and "val_subject_accuracy" in metrics
+    assert run.data.tags["test_ci"] == "95% bootstrap-t, 200 draws of 3 + 3 subjects (ALL + normal)" or run.data.tags[
+        "test_ci"
+    ].startswith("95% bootstrap-t, 200 draws of 3 + 3 subjects (ALL + normal); none for")
+    assert (
+        metrics["test_balanced_accuracy_ci_low"] <= metrics["test_balanced_accuracy"]
+        or "balanced_accuracy" in run.data.tags["test_ci"]
+    )
+    assert "test_subject_roc_auc" in metrics  # 3 + 3 subjects
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     model = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "m")))
     spec = json.loads((model / "artifacts" / "preprocessing.json").read_text())
@@ -239,7 +253,10 @@ def test_a_demo_run_diagnoses_subjects_at_a_balanced_threshold_with_subject_inte
 
 
 def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_plot_run(tiny_lab, tmp_path):
-    sweep = run_cli("-m", *FAST, f"data.root={tiny_lab}", "trainer.epochs=2", "optim.lr=0.01,0.001", cwd=tmp_path)
+    test = pd.read_csv(tiny_lab / "resnet_18_test.csv")
+    test.assign(label=[index % 2 for index in range(len(test))]).to_csv(tmp_path / "test_labels.csv", index=False)
+    sweep = run_cli("-m", *FAST, f"data.root={tiny_lab}", "trainer.epochs=2", "optim.lr=0.01,0.001",
+                    f"data.test_labels_csv={tmp_path / 'test_labels.csv'}", cwd=tmp_path)  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     result = run_cli("task=plot", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -259,8 +276,24 @@ def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_plot_run(tiny_la
     by_id = {run.info.run_id: run for run in trained}
     for row in table.itertuples():
         assert row.best_val_accuracy == pytest.approx(by_id[row.run_id].data.metrics["best_val_accuracy"])
+    # The reference is the best on validation; each other run's difference from it is paired on the same cells.
+    reference = max(trained, key=lambda run: run.data.metrics["best_val_f1_weighted"])
     markdown = (folder / "summary.md").read_text().splitlines()
-    assert markdown[0].startswith("| run | run_id |") and len(markdown) == 4
+    assert markdown[0].startswith(f"Reference: **{reference.info.run_name}** (`{reference.info.run_id}`), the best "
+                                  f"by best_val_f1_weighted") and "never by a test score" in markdown[0]  # fmt: skip
+    assert markdown[2].startswith("| run | run_id |") and len(markdown) == 6
+    verdicts = dict(zip(table.run_id, table.verdict.fillna(""), strict=True))
+    other = next(run.info.run_id for run in trained if run.info.run_id != reference.info.run_id)
+    assert verdicts[reference.info.run_id] == "reference"
+    # 8 test cells, no subjects: cells are resampled; a difference every draw gives alike has no interval.
+    assert verdicts[other] in ("better", "worse", "not distinguishable", "")
+    paired = table.set_index("run_id").loc[other]
+    test_scores = {run.info.run_id: run.data.metrics["test_f1_weighted"] for run in trained}
+    assert paired.f1_weighted_difference == pytest.approx(test_scores[other] - test_scores[reference.info.run_id])
+    if verdicts[other]:
+        assert report.data.metrics[f"paired_{other}_f1_weighted_difference_ci_low"] == pytest.approx(
+            paired.f1_weighted_difference_ci_low
+        )
     chosen = run_cli("task=plot", f"plot.runs=[{trained[0].info.run_id}]", cwd=tmp_path)
     assert chosen.returncode == 0, chosen.stderr[-3000:]
     assert len(runs_by_kind(tmp_path, "plot")) == 2

@@ -28,13 +28,14 @@ pytestmark = pytest.mark.slow  # end-to-end: every test here runs the real CLI
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One training run registered as version 1 of "cells", on a lab set with labelled test images."""
+    """One training run registered as version 1 of "cells", on a lab set with labelled test images, evaluated on
+    the mean of four flips (eval.tta=flips): its model and task=predict must score the same way."""
     folder = tmp_path_factory.mktemp("trained")
     root = write_lab_layout(folder / "lab", {"train": 48, "valid": 16, "test": 12})
     test = pd.read_csv(root / "resnet_18_test.csv")
     test.assign(label=[index % 2 for index in range(len(test))]).to_csv(root / "test_labels.csv", index=False)
     result = run_cli(*FAST, f"data.root={root}", "data.test_labels_csv=test_labels.csv", "trainer.epochs=2",
-                     "registry.name=cells", cwd=folder)  # fmt: skip
+                     "registry.name=cells", "eval.tta=flips", cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs_of(folder, kind="train")[1]
     return folder, root, run
@@ -62,11 +63,21 @@ def test_the_run_page_shows_the_model_datasets_description_and_system_metrics(tr
     best = int(run.data.metrics["best_epoch"])
     assert f"best epoch: {best}, by val_f1_weighted {run.data.metrics['best_val_f1_weighted']:.4f}" in description
     metrics = run.data.metrics
-    interval = f"[{metrics['test_accuracy_ci_low']:.4f}, {metrics['test_accuracy_ci_high']:.4f}]"
-    assert f"- test: accuracy {metrics['test_accuracy']:.4f} {interval}" in description
+    low, high = metrics.get("test_accuracy_ci_low"), metrics.get("test_accuracy_ci_high")
+    interval = "" if low is None else f" [{low:.4f}, {high:.4f}]"  # none where every draw is alike
+    assert f"- test: accuracy {metrics['test_accuracy']:.4f}{interval}" in description
+    assert f"- test intervals: {run.data.tags['test_ci']}" in description
+    assert "calibrated on validation on the mean of four flips (eval.tta=flips)" in description
     assert f"temperature {metrics['temperature']:.3f}, threshold 0.500 (eval.threshold=0.5)" in description
     assert f"ECE {metrics['test_ece']:.4f} as trained, {metrics['test_ece_calibrated']:.4f} calibrated" in description
-    for figure in ("confusion_matrix", "test_roc", "test_reliability", "gradcam"):
+    for figure in (
+        "confusion_matrix",
+        "test_roc",
+        "test_reliability",
+        "test_reliability_all",
+        "test_decision_curve",
+        "gradcam",
+    ):
         assert f"artifactPath/figures/{figure}.png" in description
     assert "system/cpu_utilization_percentage" in run.data.metrics
     assert "system/system_memory_usage_megabytes" in run.data.metrics

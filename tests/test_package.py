@@ -77,7 +77,7 @@ def test_the_installed_wheel_imports_every_module_from_outside_the_checkout(inst
 def test_the_installed_command_trains_with_the_packaged_configs_and_a_local_one(installed, tiny_lab, tmp_path):
     (tmp_path / "conf" / "local").mkdir(parents=True)
     (tmp_path / "conf" / "local" / "default.yaml").write_text(f"# @package _global_\npaths:\n  lab_root: {tiny_lab}\n")
-    args = (*FAST, "trainer.epochs=1", "eval.bootstrap=0")
+    args = (*FAST, "trainer.epochs=1", "eval.bootstrap=200")
     trained = from_wheel(installed, sys.executable, "-m", "leukemia", *args, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
     _, runs = runs_of(tmp_path)

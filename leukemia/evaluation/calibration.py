@@ -16,7 +16,7 @@ import statsmodels.api as sm
 from scipy import special
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import brier_score_loss, log_loss
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from leukemia.errors import UserError
 from leukemia.evaluation.decision import Decision
@@ -83,10 +83,15 @@ def recalibration(probability_all: np.ndarray, targets: np.ndarray) -> Recalibra
         return Recalibration(reason="one class only")
     if logits[targets == 1].min() > logits[targets == 0].max():
         return Recalibration(reason="the probabilities separate the classes perfectly: the slope is unbounded")
+    if np.ptp(logits) == 0:
+        return Recalibration(reason="every cell has the same P(ALL): there is no slope")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        fit = sm.Logit(targets, sm.add_constant(logits, has_constant="add")).fit(disp=0, maxiter=200)
-    if not fit.mle_retvals["converged"]:
+        warnings.simplefilter("ignore", (ConvergenceWarning, PerfectSeparationWarning, RuntimeWarning))
+        try:
+            fit = sm.Logit(targets, sm.add_constant(logits, has_constant="add")).fit(disp=0, maxiter=200)
+        except np.linalg.LinAlgError:
+            fit = None
+    if fit is None or not fit.mle_retvals["converged"] or not np.isfinite(fit.params).all():
         return Recalibration(reason="the logistic fit did not converge (nearly separated classes)")
     return Recalibration(float(fit.params[0]), float(fit.params[1]))
 
