@@ -415,3 +415,34 @@ def test_the_reference_run_is_the_best_on_validation_not_on_test():
     losses = [run("a", 0.30, 0.9, "val_loss"), run("b", 0.20, 0.8, "val_loss")]
     assert reference_run(losses)[0].name == "b"  # a loss: the lowest
     assert reference_run([RunRecord("x", "x", "0", "FAILED", 0, {}, {}, {})]) == (None, "best_val_f1_weighted")
+
+
+# The decision curve
+
+
+def test_net_benefit_as_worked_by_hand():
+    from leukemia.evaluation.decision_curve import decision_curve
+
+    # 10 cells, 4 ALL. At p_t = 0.2 (odds 1/4): called ALL are P(ALL) >= 0.2: 3 ALL and 2 normal cells.
+    targets = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    probability = np.array([0.9, 0.6, 0.3, 0.1, 0.5, 0.2, 0.15, 0.1, 0.05, 0.0])
+    curve = decision_curve(targets, probability, np.array([0.2, 0.5]))
+    assert curve["model"].tolist() == pytest.approx([3 / 10 - 2 / 10 * 0.25, 2 / 10 - 1 / 10 * 1.0])
+    assert curve["treat_all"].tolist() == pytest.approx([0.4 - 0.6 * 0.25, 0.4 - 0.6 * 1.0])
+    assert curve["treat_none"].tolist() == [0.0, 0.0]
+
+
+def test_net_benefit_matches_scikit_learns_confusion_matrix_at_every_threshold():
+    from sklearn.metrics import confusion_matrix as sklearn_matrix
+
+    from leukemia.evaluation.decision_curve import THRESHOLDS, decision_curve
+
+    rng = np.random.default_rng(9)
+    targets = rng.integers(0, 2, 500)
+    probability = np.clip(0.3 * targets + rng.random(500) * 0.7, 0, 1)
+    curve = decision_curve(targets, probability)
+    assert curve["threshold_probability"].tolist() == pytest.approx(np.arange(1, 100) / 100)
+    for p_t, model, treat_all in zip(THRESHOLDS, curve["model"], curve["treat_all"], strict=True):
+        (_, fp), (_, tp) = sklearn_matrix(targets, (probability >= p_t).astype(int), labels=[0, 1])
+        assert model == pytest.approx(tp / 500 - fp / 500 * p_t / (1 - p_t))
+        assert treat_all == pytest.approx(targets.mean() - (1 - targets.mean()) * p_t / (1 - p_t))
