@@ -80,7 +80,7 @@ def test_the_bootstrap_is_seeded():
 
 
 def test_the_interval_is_the_t_interval_of_the_logit_with_the_small_sample_inflation_by_hand():
-    values = np.array([0.6, 0.7, 0.8, 0.75, 0.65])
+    values = np.array([0.6, 0.7, 0.8, 0.75, 0.65])  # draws' scores, none within half a cell (of 600) of 0 or 1
     logits = np.log(values / (1 - values))
     spread = logits.std(ddof=1) * np.sqrt(5 / 3)  # 4 units in the smaller class: (4 + 1) / (4 - 1)
     half = stats.t.ppf(0.975, 3) * spread
