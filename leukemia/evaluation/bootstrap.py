@@ -121,23 +121,26 @@ def draws(plan: Design, resamples: int, seed: int) -> list[tuple[np.ndarray, np.
 
 
 def bounds(
-    point: float, values: np.ndarray, units: tuple[int, int], cells: int, paired: bool = False, level: float = LEVEL
+    point: float, values: np.ndarray, units: tuple[int, int], steps: int, paired: bool = False, level: float = LEVEL
 ) -> tuple[float, float]:
-    """The bootstrap-t interval of ``point`` from its draws ``values`` (undefined draws ignored): a score's on
-    the logit scale (its range is [0, 1], and near 1 its draws are skewed), a paired difference's as it is;
-    NaN bounds where the draws do not spread."""
+    """The t interval of ``point`` from its draws ``values`` (undefined draws ignored): a score's on the logit
+    scale (its range is [0, 1], and near 1 its draws are skewed), a paired difference's as it is; NaN bounds
+    where the draws do not spread. On the logit scale, values within half a step of 0 or 1 (a score moves in
+    steps of 1 / ``steps``: its cells, or cell pairs for the ROC AUC) are taken as that half step away (so a
+    perfect draw does not weigh as an infinite logit), and a bound that reaches there is 0 or 1."""
     values = values[np.isfinite(values)]
     if not np.isfinite(point) or len(values) < 2 or np.ptp(values) == 0:
         return np.nan, np.nan
-    edge = 1e-6  # keeps logit(0) and logit(1) finite
-    scale, back = (
-        (lambda x: x, lambda x: x) if paired else (lambda x: special.logit(np.clip(x, edge, 1 - edge)), special.expit)
-    )
     fewest = min(units)
-    spread = np.std(scale(values), ddof=1) * np.sqrt((fewest + 1) / (fewest - 1))
-    half = stats.t.ppf((1 + level) / 2, fewest - 1) * spread
-    low, high = back(scale(point) - half), back(scale(point) + half)
-    return (max(low, -1.0), min(high, 1.0)) if paired else (float(low), float(high))
+    quantile = stats.t.ppf((1 + level) / 2, fewest - 1) * np.sqrt((fewest + 1) / (fewest - 1))
+    if paired:
+        half = quantile * np.std(values, ddof=1)
+        return max(point - half, -1.0), min(point + half, 1.0)
+    edge = 0.5 / steps
+    logits = special.logit(np.clip(np.append(values, point), edge, 1 - edge))
+    half = quantile * np.std(logits[:-1], ddof=1)
+    low, high = special.expit(logits[-1] - half), special.expit(logits[-1] + half)
+    return (0.0 if low <= edge else float(low)), (1.0 if high >= 1 - edge else float(high))
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,8 @@ def bootstrap_intervals(
         found = [c.scores(*picks) for c in counts]
         for key in INTERVAL_SCORES:
             values[key].append(found[-1][key] - (found[0][key] if len(found) == 2 else 0))
-    limits = {
-        key: bounds(point[key], np.concatenate(v), plan.units, len(targets), len(counts) == 2)
-        for key, v in values.items()
-    }
+    cells = [len(c) for c in plan.cells]
+    steps = {key: cells[0] * cells[1] if key == ROC_AUC else sum(cells) for key in INTERVAL_SCORES}  # its counts
+    limits = {key: bounds(point[key], np.concatenate(v), plan.units, steps[key], len(counts) == 2)
+              for key, v in values.items()}  # fmt: skip
     return Intervals(plan, resamples, LEVEL, point, limits)
