@@ -23,6 +23,7 @@ INTERVAL_SCORES = (ACCURACY, BALANCED_ACCURACY, F1_WEIGHTED, ROC_AUC, *RATES)  #
 CHALLENGE = F1_WEIGHTED  # the C-NMC 2019 challenge's metric
 # The decision fixed on validation, and the best epoch.
 TEMPERATURE, THRESHOLD, BEST_EPOCH = "temperature", "threshold", "best_epoch"
+SUBJECT_THRESHOLD = "subject_threshold"  # a metric, and a tag saying how it was chosen
 TEMPERATURE_AT_BOUND = "temperature_at_bound"  # a tag: "false", or "true: …" when the fit hit its range's end
 
 

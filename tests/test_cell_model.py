@@ -23,7 +23,7 @@ from leukemia.data.new_cells import read_new_cells
 from leukemia.errors import UserError
 from leukemia.evaluation.decision import Decision
 from leukemia.models import build_model
-from leukemia.tracking.cell_model import Preprocessing, log_cell_model
+from leukemia.tracking.cell_model import DECISION_KEYS, Preprocessing, log_cell_model
 from leukemia.tracking.registry import model_uri
 
 from conftest import separable_cell
@@ -101,9 +101,10 @@ def test_the_model_records_its_preprocessing_signature_and_example(logged):
     folder = Path(mlflow.artifacts.download_artifacts(uri))
     stored = json.loads((folder / "artifacts" / "preprocessing.json").read_text())
     assert stored == {"depth": 18, "num_classes": 2, "crop_size": 36, "image_size": 32, "mean": [0.5, 0.4, 0.3],
-                      "std": [0.2, 0.25, 0.3], "temperature": 1.0, "threshold": 0.5, "flips": False}  # fmt: skip
+                      "std": [0.2, 0.25, 0.3], "temperature": 1.0, "threshold": 0.5, "flips": False,
+                      "subject_threshold": None}  # fmt: skip
     assert Preprocessing.from_json(json.dumps(stored)) == SPEC
-    older = {key: value for key, value in stored.items() if key not in ("temperature", "threshold", "flips")}
+    older = {key: value for key, value in stored.items() if key not in DECISION_KEYS}
     assert Preprocessing.from_json(json.dumps(older)).decision == Decision(1.0, 0.5, flips=False)
     assert (folder / "code" / "leukemia" / "models.py").is_file()  # the model carries the code that built it
 

@@ -77,7 +77,8 @@ def test_cnmc_run_diagnoses_its_validation_and_test_subjects(cnmc_run):
     subject_of = ["90" if label else "H90" for label in prelim["labels"]]  # the prelim table names each cell's subject
     means = tested.assign(subject=subject_of).groupby("subject")["probability_all"].mean()
     assert subjects["mean_probability_all"].tolist() == pytest.approx(means.tolist())
-    called = (means >= metrics["threshold"]).astype(int).tolist()
+    called = (means >= metrics["subject_threshold"]).astype(int).tolist()  # chosen on validation subjects
+    assert run.data.tags["subject_threshold"].startswith(("chosen on", "the cell threshold"))
     assert metrics["test_subject_accuracy"] == pytest.approx(((called[0] == 1) + (called[1] == 0)) / 2)
     assert metrics["test_subjects"] == 2 and metrics["val_subjects"] >= 2
     valid = pd.read_csv(client.download_artifacts(run.info.run_id, "val_subjects.csv", str(folder)))

@@ -228,7 +228,14 @@ def test_a_demo_run_diagnoses_subjects_at_a_balanced_threshold_with_subject_inte
     assert subjects.cells.tolist() == expected.cells.tolist()
     assert subjects.fraction_all.tolist() == pytest.approx(expected.fraction_all.tolist())
     assert subjects.mean_probability_all.tolist() == pytest.approx(expected.mean_probability_all.tolist())
-    called = (expected.mean_probability_all >= metrics["threshold"]).astype(int)
+    assert run.data.tags["subject_threshold"].startswith("chosen on 3 ALL + 3 normal validation subjects")
+    valid = csv_artifact(client, run, "val_subjects.csv", tmp_path)
+    best = reference.balanced_accuracy_score(
+        valid.true_label, valid.mean_probability_all >= metrics["subject_threshold"]
+    )
+    assert best == max(reference.balanced_accuracy_score(valid.true_label, valid.mean_probability_all >= t)
+                       for t in valid.mean_probability_all)  # fmt: skip
+    called = (expected.mean_probability_all >= metrics["subject_threshold"]).astype(int)
     assert subjects.predicted_label.tolist() == called.tolist()
     true_of = truth.groupby(truth.subject.astype(str)).label.first()
     assert metrics["test_subject_accuracy"] == pytest.approx(reference.accuracy_score(true_of, called))

@@ -446,3 +446,21 @@ def test_net_benefit_matches_scikit_learns_confusion_matrix_at_every_threshold()
         (_, fp), (_, tp) = sklearn_matrix(targets, (probability >= p_t).astype(int), labels=[0, 1])
         assert model == pytest.approx(tp / 500 - fp / 500 * p_t / (1 - p_t))
         assert treat_all == pytest.approx(targets.mean() - (1 - targets.mean()) * p_t / (1 - p_t))
+
+
+def test_the_subject_threshold_is_chosen_on_validation_subjects_halfway_below_the_best():
+    from leukemia.evaluation.subjects import fit_subject_threshold
+
+    # Validation subjects' means: ALL 0.97, 0.95, 0.99; normal 0.10, 0.40. Best: 0.95 (all right); halfway down
+    # to the next lower mean (0.40): 0.675. A cell threshold of 0.9998 would call every ALL subject normal.
+    table = pd.DataFrame({"true_label": [1, 1, 1, 0, 0], "mean_probability_all": [0.97, 0.95, 0.99, 0.10, 0.40]})
+    chosen, how = fit_subject_threshold(table)
+    assert chosen == pytest.approx(0.675) and how.startswith("chosen on 3 ALL + 2 normal validation subjects")
+    assert fit_subject_threshold(table.iloc[:3]) == (None, "the cell threshold: the validation split lacks "
+                                                           "subjects of a class")  # fmt: skip
+    cells = subject_table(np.array([0.96, 0.94, 0.5, 0.3]), ["A", "A", "B", "B"], 0.9998, np.array([1, 1, 0, 0]),
+                          subject_threshold=chosen)  # fmt: skip
+    assert cells["fraction_all"].tolist() == [0, 0]  # cells at the cell threshold
+    assert cells["predicted_label"].tolist() == [1, 0]  # subjects at theirs
+    assert Decision(threshold=0.9998).subject_cutoff == 0.9998
+    assert Decision(threshold=0.9998, subject_threshold=chosen).subject_cutoff == chosen

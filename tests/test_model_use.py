@@ -173,6 +173,7 @@ def test_predict_on_a_csv_keeps_its_order_diagnoses_its_subjects_and_explains_ea
     (prediction,) = [r for r in runs_of(folder, kind="predict")[1]
                      if r.data.params["predict.output"] == str(tmp_path / "out.csv")]  # fmt: skip
     assert prediction.data.params["threshold"] == str(threshold)
+    assert prediction.data.params["subject_threshold"] == str(threshold)  # no validation subjects: the cell one
     listed = {item.path for item in client_for(folder).list_artifacts(prediction.info.run_id)}
     assert listed == {"out.csv", "out_subjects.csv"}
     lowered = run_cli("task=predict", f"predict.model={run.info.run_id}", f"predict.input={root / 'new.csv'}",

@@ -32,12 +32,20 @@ def labels_at(probability_all: np.ndarray, threshold: float) -> np.ndarray:
 class Decision:
     """How a cell is decided: with ``flips``, on the mean of its four flips (eval.tta=flips, the test-time
     augmentation the temperature and threshold were fitted with); then what validation fixed: the temperature
-    the logits are divided by (calibrated probabilities) and the probability of ALL at or above which a cell,
-    or a subject by its mean, is called ALL."""
+    the logits are divided by (calibrated probabilities), the probability of ALL at or above which a cell is
+    called ALL, and the mean probability at or above which a subject is."""
 
     temperature: float = 1.0
     threshold: float = 0.5
     flips: bool = False
+    # A subject is called ALL when the mean P(ALL) of its cells reaches this (chosen on validation subjects);
+    # None: the cell threshold.
+    subject_threshold: float | None = None
+
+    @property
+    def subject_cutoff(self) -> float:
+        """The threshold a subject's mean P(ALL) is called at."""
+        return self.threshold if self.subject_threshold is None else self.subject_threshold
 
     def probabilities(self, log_probabilities: np.ndarray) -> np.ndarray:
         """Calibrated (N, classes) probabilities: the softmax as if the logits had been divided by the
@@ -52,5 +60,5 @@ class Decision:
         return self.probabilities(log_probabilities)[:, 1]
 
     def labels(self, probability_all: np.ndarray) -> np.ndarray:
-        """Each cell's (or subject's) label at the threshold."""
+        """Each cell's label at the threshold."""
         return labels_at(probability_all, self.threshold)

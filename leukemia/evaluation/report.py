@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ from leukemia.evaluation.metrics import (
     confusion_matrix,
     roc_auc,
 )
-from leukemia.evaluation.subjects import COUNTS, subject_metrics, subject_table
+from leukemia.evaluation.subjects import COUNTS, fit_subject_threshold, subject_metrics, subject_table
 from leukemia.names import (
     CALIBRATION_INTERCEPT,
     CALIBRATION_SLOPE,
@@ -53,6 +53,7 @@ from leukemia.names import (
     ECE,
     ECE_CALIBRATED,
     ROC_AUC,
+    SUBJECT_THRESHOLD,
     TEMPERATURE,
     TEMPERATURE_AT_BOUND,
     TEST,
@@ -130,7 +131,7 @@ def calibration_report(scored: Scored, decision: Decision) -> Report:
         figure = curve_figure(kind, targets, probability_all, predicted, decision.threshold, scored.title())
         report.figures[f"figures/{prefix}_{kind}.png"] = figure
     if scored.subjects is not None:
-        report |= subject_report(scored, probability_all, decision.threshold)
+        report |= subject_report(scored, probability_all, decision)
     return report
 
 
@@ -154,9 +155,10 @@ def positive_class_report(scored: Scored, probability_all: np.ndarray) -> Report
     return report
 
 
-def subject_report(scored: Scored, probability_all: np.ndarray, threshold: float) -> Report:
+def subject_report(scored: Scored, probability_all: np.ndarray, decision: Decision) -> Report:
     """The split's subject table and its subject-level scores, exact intervals and counts."""
-    table = subject_table(probability_all, scored.subjects, threshold, scored.targets)
+    table = subject_table(probability_all, scored.subjects, decision.threshold, scored.targets,
+                          decision.subject_cutoff)  # fmt: skip
     metrics, absent = subject_metrics(table)
     return Report(metrics={of(scored.prefix, key): value for key, value in metrics.items()},
                   tables={SUBJECT_TABLES[scored.prefix]: table},
@@ -164,12 +166,19 @@ def subject_report(scored: Scored, probability_all: np.ndarray, threshold: float
 
 
 def validation_report(scored: Scored, threshold: str) -> tuple[Decision, Report]:
-    """The decision fitted on the validation split (``eval.threshold``: a number or ``balanced``), and its
-    report: the temperature (and whether it ended at its search bound), the threshold and the split's
-    calibration."""
+    """The decision fitted on the validation split (``eval.threshold``: a number or ``balanced``; the subject
+    threshold on its subjects, where known), and its report: the temperature (and whether it ended at its
+    search bound), the thresholds and the split's calibration."""
     decision = fit_decision(scored.log_probabilities, scored.targets, threshold)
     report = Report(metrics={TEMPERATURE: decision.temperature, THRESHOLD: decision.threshold},
                     tags={TEMPERATURE_AT_BOUND: "false"})  # fmt: skip
+    if scored.subjects is not None:
+        probability_all = decision.probability_all(scored.log_probabilities)
+        chosen, how = fit_subject_threshold(subject_table(probability_all, scored.subjects, decision.threshold,
+                                                          scored.targets))  # fmt: skip
+        decision = replace(decision, subject_threshold=chosen)
+        report.metrics[SUBJECT_THRESHOLD] = decision.subject_cutoff
+        report.tags[SUBJECT_THRESHOLD] = how
     if temperature_at_bound(decision.temperature):
         report.tags[TEMPERATURE_AT_BOUND] = (
             f"true: the temperature ended at its search bound ({decision.temperature:.3g}, range "
@@ -227,7 +236,9 @@ def test_report(scored: Scored, decision: Decision, identifiers: Sequence[str], 
     report = Report(tables=prediction_tables(scored, identifiers, probability_all, predicted))
     if scored.targets is None:
         if scored.subjects is not None:
-            table = subject_table(probability_all, scored.subjects, decision.threshold)
+            table = subject_table(
+                probability_all, scored.subjects, decision.threshold, subject_threshold=decision.subject_cutoff
+            )
             report.tables[SUBJECT_TABLES[scored.prefix]] = table
         return report
     matrix = confusion_matrix(scored.targets, predicted, len(CLASS_NAMES))

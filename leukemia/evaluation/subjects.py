@@ -1,11 +1,8 @@
 """Subject-level diagnosis: a patient is called ALL when the mean calibrated probability of ALL over their cells
-reaches the threshold, the same threshold as a cell's (chosen on validation cells: a validation split holds too
-few subjects to choose a second one on). A subject's true label is the majority label of their cells; in C-NMC
-every cell of a subject carries the subject's label.
-
-Consequence: the mean of a subject's cells is called at a threshold chosen for single cells, so a subject whose
-cells sit just below it is called normal even when every subject is ranked right (subject ROC AUC 1 with
-subject accuracy below 1). The subject sensitivity and specificity, with their exact intervals, show it."""
+reaches the subject threshold. That threshold is chosen on the validation subjects (fit_subject_threshold), not
+taken from the cells: a cell threshold near 1 (a saturated model's) would call a subject normal whose cells are
+95% ALL, ranked right (subject ROC AUC 1) and diagnosed wrong. A subject's true label is the majority label of
+their cells; in C-NMC every cell of a subject carries the subject's label."""
 
 from __future__ import annotations
 
@@ -16,6 +13,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from statsmodels.stats.proportion import proportion_confint
 
+from leukemia.evaluation.calibration import balanced_threshold
 from leukemia.evaluation.decision import labels_at
 from leukemia.evaluation.metrics import roc_auc
 from leukemia.names import (
@@ -34,10 +32,16 @@ COUNTS = {"tn": (0, 0), "fp": (0, 1), "fn": (1, 0), "tp": (1, 1)}  # (true, pred
 
 
 def subject_table(
-    probability_all: np.ndarray, subjects: Sequence[str], threshold: float, targets: np.ndarray | None = None
+    probability_all: np.ndarray,
+    subjects: Sequence[str],
+    threshold: float,
+    targets: np.ndarray | None = None,
+    subject_threshold: float | None = None,
 ) -> pd.DataFrame:
-    """One row per subject (sorted by name): its number of cells, the fraction called ALL, the mean probability
-    of ALL, the subject's predicted label and, with ``targets``, its true label (its cells' majority label)."""
+    """One row per subject (sorted by name): its number of cells, the fraction called ALL (at the cell
+    ``threshold``), the mean probability of ALL, the subject's predicted label (its mean at
+    ``subject_threshold``, by default the cell threshold) and, with ``targets``, its true label (its cells'
+    majority label)."""
     cells = pd.DataFrame({"subject": [str(s) for s in subjects], "probability": np.asarray(probability_all, float)})
     cells["called_all"] = labels_at(cells["probability"], threshold)
     if targets is not None:
@@ -48,10 +52,26 @@ def subject_table(
         "fraction_all": grouped["called_all"].mean(),
         "mean_probability_all": grouped["probability"].mean(),
     })  # fmt: skip
-    table["predicted_label"] = labels_at(table["mean_probability_all"], threshold)
+    table["predicted_label"] = labels_at(table["mean_probability_all"], threshold if subject_threshold is None
+                                         else subject_threshold)  # fmt: skip
     if targets is not None:
         table["true_label"] = (grouped["label"].mean() >= 0.5).astype(np.int64)
     return table.reset_index()
+
+
+def fit_subject_threshold(table: pd.DataFrame) -> tuple[float | None, str]:
+    """The subject threshold fitted on a labelled (validation) subject table, and how it was chosen: the mean
+    probability that maximises the subjects' balanced accuracy (the rule of the cell threshold), moved halfway
+    down to the next lower subject mean so that a new subject just below the lowest validation ALL subject is
+    not called normal for a rounding; None (the cell threshold) where a class has no validation subject."""
+    truth, means = table["true_label"].to_numpy(), table["mean_probability_all"].to_numpy()
+    if len(np.unique(truth)) < 2:
+        return None, "the cell threshold: the validation split lacks subjects of a class"
+    best = balanced_threshold(means, truth)
+    below = means[means < best]
+    chosen = float((best + below.max()) / 2) if len(below) else best
+    return chosen, (f"chosen on {int((truth == 1).sum())} ALL + {int((truth == 0).sum())} normal validation "
+                    f"subjects (balanced accuracy of their mean P(ALL), halfway to the next lower mean)")  # fmt: skip
 
 
 def exact_interval(successes: int, trials: int, level: float = LEVEL) -> tuple[float, float]:

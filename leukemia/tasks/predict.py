@@ -94,9 +94,11 @@ def _output(cfg: Config) -> Path:
     return output
 
 
-def _diagnose(predictions: pd.DataFrame, threshold: float, path: Path) -> None:
-    """The subject table: per subject its cells, the fraction called ALL, the mean probability and the label."""
-    subjects = subject_table(predictions["probability_all"], predictions["subject"], threshold)
+def _diagnose(predictions: pd.DataFrame, decision: Decision, path: Path) -> None:
+    """The subject table: per subject its cells, the fraction called ALL, the mean probability and the label
+    (at the model's subject threshold)."""
+    subjects = subject_table(predictions["probability_all"], predictions["subject"], decision.threshold,
+                             subject_threshold=decision.subject_cutoff)  # fmt: skip
     subjects.to_csv(path, index=False)
     for row in subjects.itertuples():
         called = ("normal", "ALL")[row.predicted_label]
@@ -125,7 +127,8 @@ def predict(composed: DictConfig) -> dict[str, float]:
         decision = model.spec.decision
         if cfg.predict.threshold is not None:
             decision = replace(decision, threshold=cfg.predict.threshold)
-        run.log_params({"threshold": decision.threshold, "temperature": decision.temperature})
+        run.log_params({"threshold": decision.threshold, "temperature": decision.temperature,
+                        "subject_threshold": decision.subject_cutoff, "flips": decision.flips})  # fmt: skip
         started = time.perf_counter()
         predictions, skipped = score(model, cells, cfg, decision)
         rate = len(cells) / (time.perf_counter() - started)
@@ -135,7 +138,7 @@ def predict(composed: DictConfig) -> dict[str, float]:
         predictions.to_csv(output, index=False)
         run.log_artifact(output)
         if "subject" in predictions:
-            _diagnose(predictions, decision.threshold, beside(output, "_subjects.csv"))
+            _diagnose(predictions, decision, beside(output, "_subjects.csv"))
             run.log_artifact(beside(output, "_subjects.csv"))
         run.log_metrics({"images_scored": len(predictions), "images_skipped": len(skipped), "images_per_s": rate})
         if skipped:

@@ -35,9 +35,11 @@ from leukemia.names import (
     SUBJECT,
     SUBJECT_ACCURACY,
     SUBJECT_ROC_AUC,
+    SUBJECT_THRESHOLD,
     SUBJECTS,
     TEMPERATURE_AT_BOUND,
     TEST,
+    THRESHOLD,
     VAL,
     final,
     interval,
@@ -185,7 +187,9 @@ def _evaluation_lines(evaluated: Report) -> list[str]:
         auc = tags.get(of(TEST, SUBJECT_ROC_AUC)) or f"{metrics[of(TEST, SUBJECT_ROC_AUC)]:.4f}"
         rates = _scores(metrics, TEST, tuple(f"{SUBJECT}_{rate}" for rate in RATES))
         lines += [f"- test subjects ({subjects:.0f}; {counts}): accuracy {metrics[of(TEST, SUBJECT_ACCURACY)]:.4f}, "
-                  f"{rates} (95% exact intervals); ROC AUC {auc}"]  # fmt: skip
+                  f"{rates} (95% exact intervals); ROC AUC {auc}; a subject is ALL at mean P(ALL) >= "
+                  f"{metrics.get(SUBJECT_THRESHOLD, metrics[THRESHOLD]):.3f}, "
+                  f"{tags.get(SUBJECT_THRESHOLD, 'the cell threshold')}"]  # fmt: skip
     if of(TEST, ECE) in metrics:
         intercept, slope = (metrics.get(of(TEST, key)) for key in (CALIBRATION_INTERCEPT, CALIBRATION_SLOPE))
         slope = tags.get(of(TEST, CALIBRATION_SLOPE)) or f"intercept {intercept:.3f}, slope {slope:.3f}"

@@ -35,6 +35,7 @@ from leukemia.evaluation.decision import Decision, log_probabilities
 from leukemia.models import build_model
 
 MODEL_NAME = "model"  # runs:/<run id>/model
+DECISION_KEYS = ("temperature", "threshold", "flips", "subject_threshold")  # preprocessing.json's decision
 INPUT_COLUMN = "image"
 PROBABILITY, LABEL = "probability_all", "label"
 SIGNATURE = ModelSignature(
@@ -69,7 +70,7 @@ class Preprocessing:
         """A model's ``preprocessing.json``; one logged before the decision was stored reads as T = 1, 0.5, and
         one logged before the flips were stored as without them."""
         fields = json.loads(text)
-        decision = Decision(**{key: fields.pop(key) for key in ("temperature", "threshold", "flips") if key in fields})
+        decision = Decision(**{key: fields.pop(key) for key in DECISION_KEYS if key in fields})
         return cls(**fields, decision=decision)
 
 
