@@ -63,8 +63,9 @@ class EvalConfig:
     tta: TTA = TTA.none
     # Evaluation batches are this many times data.batch_size (no gradients, so they fit).
     batch_factor: int = checked(2, POSITIVE)
-    # A cell (or a subject, by its mean) is called ALL when its calibrated probability of ALL is at least this;
-    # `balanced`: the value that maximises balanced accuracy on the validation split, then fixed.
+    # A cell is called ALL when its calibrated probability of ALL is at least this; `balanced`: the value that
+    # maximises balanced accuracy on the validation split, then fixed. (A subject's threshold, on its mean, is
+    # chosen on the validation subjects.)
     threshold: str = checked("0.5", Rule(_is_threshold, "must be a number between 0 and 1 (e.g. 0.5) or balanced"))
     # Bootstrap draws for the test scores' 95% intervals (of subjects where known, else of cells).
     bootstrap: int = checked(1000, Rule(lambda v: v >= MIN_RESAMPLES, f"must be at least {MIN_RESAMPLES} (fewer "
