@@ -150,7 +150,10 @@ def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
         if low in shown:
             shown[key] = [shown_with(*values) for values in zip(table[key], table[low], table[high], strict=True)]
             shown = shown.drop(columns=[low, high])
-    return shown.drop(columns=[column for column in shown if column.startswith(PAIRED_DETAIL)])
+    dropped = [column for column in shown if column.startswith(PAIRED_DETAIL)]
+    if WHY in shown and not shown[WHY].fillna("").astype(bool).any():
+        dropped.append(WHY)  # every comparison was made
+    return shown.drop(columns=dropped)
 
 
 def reference_run(runs: list[RunRecord]) -> tuple[RunRecord | None, str]:
@@ -186,7 +189,9 @@ def paired_table(store: Store, runs: list[RunRecord], reference: RunRecord, scra
             row = paired_comparison(predictions[reference.id], predictions[run.id], thresholds, cfg.eval.bootstrap,
                                     cfg.seed)  # fmt: skip
         rows.append({"run_id": run.id, **row})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    first = ["run_id", *(column for column in table if column not in ("run_id", VERDICT, WHY))]
+    return table[[*first, VERDICT, WHY]]  # the differences, then what they say
 
 
 CV_METRICS = tuple(of(VAL, score) for score in (ACCURACY, BALANCED_ACCURACY, F1_WEIGHTED, *CLASS_ACCURACIES, LOSS))
