@@ -177,3 +177,16 @@ def test_a_local_config_in_the_launch_folder_sets_the_lab_root_for_this_machine(
 def test_local_config_is_git_ignored():
     ignored = (REPO / ".gitignore").read_text().splitlines()
     assert "conf/local/" in ignored
+
+
+@pytest.mark.parametrize("draws,refused", [(0, True), (1, True), (199, True), (200, False), (1000, False)])
+def test_fewer_than_200_bootstrap_draws_are_refused_in_one_line(draws, refused):
+    from leukemia.config import check_config
+
+    cfg = compose_config(f"eval.bootstrap={draws}")
+    if not refused:
+        check_config(cfg)
+        return
+    with pytest.raises(UserError, match=f"eval.bootstrap={draws}: must be at least 200") as error:
+        check_config(cfg)
+    assert "\n" not in str(error.value)
