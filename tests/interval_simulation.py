@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from leukemia.evaluation.bootstrap import Counts, bootstrap_intervals, design
 from leukemia.names import INTERVAL_SCORES
@@ -76,6 +77,35 @@ def coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resamples: 
                 logged[key] += 1
                 held[key] += low <= truth[key] <= high
     return {key: held[key] / logged[key] for key in INTERVAL_SCORES if logged[key]}, logged
+
+
+def paired_sample(scenario: Scenario, rng: np.random.Generator, counts: tuple[int, int]):
+    """A test set scored by two models: the second's logits moved 0.5 toward each cell's class, plus noise of
+    its own (so the two disagree on some cells, as two trained networks do)."""
+    targets, first, subjects = scenario.sample(rng, *counts)
+    logits = np.log(first / (1 - first)) + np.where(targets == 1, 0.5, -0.5) + rng.normal(0, 0.5, len(targets))
+    return targets, first, 1 / (1 + np.exp(-logits)), subjects
+
+
+def paired_coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resamples: int = 200
+                    ) -> dict[str, float]:  # fmt: skip
+    """Per score: how often the paired interval of the log odds ratio (logit second - logit first) holds the
+    population's (of one test set 4000 / max(counts) times as large)."""
+    large = tuple(count * (4000 // max(counts)) for count in counts)
+    targets, first, second, subjects = paired_sample(scenario, np.random.default_rng(2024), large)
+    plan = design(targets, subjects)
+    scores = [Counts(plan, p, 0.5).point() for p in (first, second)]
+    truth = {key: special.logit(scores[1][key]) - special.logit(scores[0][key]) for key in INTERVAL_SCORES}
+    rng = np.random.default_rng(1)
+    held, logged = dict.fromkeys(INTERVAL_SCORES, 0), dict.fromkeys(INTERVAL_SCORES, 0)
+    for k in range(sets):
+        targets, first, second, subjects = paired_sample(scenario, rng, counts)
+        found = bootstrap_intervals(targets, [first, second], [0.5, 0.5], subjects, resamples, seed=k)
+        for key, (low, high) in found.bounds.items():
+            if np.isfinite(low):
+                logged[key] += 1
+                held[key] += low <= truth[key] <= high
+    return {key: held[key] / logged[key] for key in INTERVAL_SCORES if logged[key]}
 
 
 def table(sets: int) -> str:

@@ -298,8 +298,8 @@ def test_plot_compares_the_latest_sweep_in_figures_tables_and_a_plot_run(tiny_la
     test_scores = {run.info.run_id: run.data.metrics["test_f1_weighted"] for run in trained}
     assert paired.f1_weighted_difference == pytest.approx(test_scores[other] - test_scores[reference.info.run_id])
     if verdicts[other]:
-        assert report.data.metrics[f"paired_{other}_f1_weighted_difference_ci_low"] == pytest.approx(
-            paired.f1_weighted_difference_ci_low
+        assert report.data.metrics[f"paired_{other}_f1_weighted_log_odds_ratio_ci_low"] == pytest.approx(
+            paired.f1_weighted_log_odds_ratio_ci_low
         )
     chosen = run_cli("task=plot", f"plot.runs=[{trained[0].info.run_id}]", cwd=tmp_path)
     assert chosen.returncode == 0, chosen.stderr[-3000:]

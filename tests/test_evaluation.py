@@ -349,17 +349,18 @@ def test_the_summary_shows_each_interval_and_the_paired_difference_from_the_refe
         "test_accuracy_ci_low": [0.86, 0.80, np.nan],
         "test_accuracy_ci_high": [0.94, 0.89, np.nan],
         "f1_weighted_difference": [np.nan, -0.039, np.nan],
-        "f1_weighted_difference_ci_low": [np.nan, -0.048, np.nan],
-        "f1_weighted_difference_ci_high": [np.nan, -0.032, np.nan],
+        "f1_weighted_log_odds_ratio": [np.nan, -0.39, np.nan],
+        "f1_weighted_log_odds_ratio_ci_low": [np.nan, -0.48, np.nan],
+        "f1_weighted_log_odds_ratio_ci_high": [np.nan, -0.32, np.nan],
         "roc_auc_difference": [np.nan, -0.01, np.nan],
-        "roc_auc_difference_ci_low": [np.nan, -0.02, np.nan],
+        "roc_auc_log_odds_ratio_ci_low": [np.nan, -0.02, np.nan],
         "verdict": ["reference", "worse", ""],
     })  # fmt: skip
     shown = with_intervals(table)
     assert shown["test_accuracy"].tolist() == ["0.9000 [0.8600, 0.9400]", "0.8500 [0.8000, 0.8900]", ""]
-    assert shown["f1_weighted_difference"].tolist() == ["", "-0.0390 [-0.0480, -0.0320]", ""]
-    assert not [column for column in shown if column.endswith("_ci_low") or column.startswith("roc_auc_diff")]
-    assert "| b | 0.8500 [0.8000, 0.8900] | -0.0390 [-0.0480, -0.0320] | worse |" in markdown(shown)
+    assert shown["f1_weighted_log_odds_ratio"].tolist() == ["", "-0.3900 [-0.4800, -0.3200]", ""]
+    assert not [column for column in shown if column.endswith("_ci_low") or column.startswith("roc_auc_")]
+    assert "| b | 0.8500 [0.8000, 0.8900] | -0.0390 | -0.3900 [-0.4800, -0.3200] | worse |" in markdown(shown)
 
 
 def predictions(probability, targets, subjects=None, order=None):
@@ -383,10 +384,11 @@ def test_a_paired_comparison_matches_rows_by_id_and_says_better_worse_or_not_dis
     row = paired_comparison(reference, shuffled, (0.5, 0.5), 400, 0)
     expected = bootstrap_intervals(targets, [probability, better], [0.5, 0.5], subjects, 400, 0)
     assert row["f1_weighted_difference"] == pytest.approx(expected.point["f1_weighted"])
-    assert (row["f1_weighted_difference_ci_low"], row["f1_weighted_difference_ci_high"]) == pytest.approx(
+    assert row["f1_weighted_log_odds_ratio"] == pytest.approx(expected.ratio["f1_weighted"])
+    assert (row["f1_weighted_log_odds_ratio_ci_low"], row["f1_weighted_log_odds_ratio_ci_high"]) == pytest.approx(
         expected.bounds["f1_weighted"]
     )
-    assert row["verdict"] == "better" and row["f1_weighted_difference_ci_low"] > 0
+    assert row["verdict"] == "better" and row["f1_weighted_log_odds_ratio_ci_low"] > 0
     assert paired_comparison(shuffled, reference, (0.5, 0.5), 400, 0)["verdict"] == "worse"
     noisy = predictions(np.clip(probability + np.random.default_rng(1).normal(0, 0.01, len(targets)), 0, 1),
                         targets, subjects)  # fmt: skip

@@ -4,7 +4,7 @@ oracle: an interval at the wrong level, or from draws of the wrong size, moves i
 
 import numpy as np
 import pytest
-from interval_simulation import SCENARIOS, SUBJECT_COUNTS, TOO_FEW, coverage
+from interval_simulation import SCENARIOS, SUBJECT_COUNTS, TOO_FEW, coverage, paired_coverage
 from scipy import special, stats
 from sklearn.metrics import (
     accuracy_score,
@@ -80,15 +80,33 @@ def test_the_bootstrap_is_seeded():
 
 
 def test_the_interval_is_the_t_interval_of_the_logit_with_the_small_sample_inflation_by_hand():
-    values = np.array([0.6, 0.7, 0.8, 0.75, 0.65])  # draws' scores, none within half a cell (of 600) of 0 or 1
-    logits = np.log(values / (1 - values))
+    logits = np.log(np.array([0.6, 0.7, 0.8, 0.75, 0.65]) / (1 - np.array([0.6, 0.7, 0.8, 0.75, 0.65])))
     spread = logits.std(ddof=1) * np.sqrt(5 / 3)  # 4 units in the smaller class: (4 + 1) / (4 - 1)
     half = stats.t.ppf(0.975, 3) * spread
-    expected = special.expit(np.log(0.7 / 0.3) + np.array([-half, half]))
-    assert bounds(0.7, values, (4, 6), 600) == pytest.approx(tuple(expected))
-    difference = np.array([0.01, 0.03, 0.02, -0.01])  # a paired difference: as it is, not on the logit
-    half = stats.t.ppf(0.975, 3) * difference.std(ddof=1) * np.sqrt(5 / 3)
-    assert bounds(0.02, difference, (4, 6), 600, paired=True) == pytest.approx((0.02 - half, 0.02 + half))
+    assert bounds(0.85, logits, (4, 6)) == pytest.approx((0.85 - half, 0.85 + half))
+    # A model's interval: those bounds of its draws' logits around its own logit, back on the score scale.
+    targets, probability, names = sample(400, 3, subjects=5)
+    found = bootstrap_intervals(targets, [probability], [0.5], names, 300, seed=4)
+    plan = design(targets, names)
+    counts = Counts(plan, probability, 0.5)
+    draws_ = np.concatenate([counts.scores(*picks)["accuracy"] for picks in draws(plan, 300, seed=4)])
+    low, high = bounds(special.logit(found.point["accuracy"]), special.logit(draws_), (5, 5))
+    assert found.bounds["accuracy"] == pytest.approx((special.expit(low), special.expit(high)))
+
+
+def test_the_paired_interval_is_that_of_the_log_odds_ratio():
+    targets, probability, names = sample(400, 3, subjects=5)
+    other = np.clip(probability + np.where(targets == 1, 0.1, -0.1), 0, 1)
+    found = bootstrap_intervals(targets, [probability, other], [0.5, 0.5], names, 300, seed=4)
+    plan = design(targets, names)
+    first, second = Counts(plan, probability, 0.5), Counts(plan, other, 0.5)
+    assert found.point["accuracy"] == pytest.approx(second.point()["accuracy"] - first.point()["accuracy"])
+    ratio = special.logit(second.point()["accuracy"]) - special.logit(first.point()["accuracy"])
+    assert found.ratio["accuracy"] == pytest.approx(ratio)
+    logit = special.logit
+    ratios = np.concatenate([logit(second.scores(*p)["accuracy"]) - logit(first.scores(*p)["accuracy"])
+                             for p in draws(plan, 300, seed=4)])  # fmt: skip
+    assert found.bounds["accuracy"] == pytest.approx(bounds(ratio, ratios, (5, 5)))
 
 
 def test_known_subjects_are_resampled_whole_and_widen_the_interval_when_they_differ():
@@ -132,12 +150,12 @@ def test_the_paired_difference_uses_the_same_draws_for_both_models():
     alone = [bootstrap_intervals(targets, [p], [0.5], names, 400) for p in (probability, better)]
     gain = alone[1].point["balanced_accuracy"] - alone[0].point["balanced_accuracy"]
     assert paired.point["balanced_accuracy"] == pytest.approx(gain)
-    low, high = paired.bounds["balanced_accuracy"]
-    assert 0 < low < gain < high
+    low, high = paired.bounds["balanced_accuracy"]  # of the log odds ratio
+    assert 0 < low < paired.ratio["balanced_accuracy"] < high and gain > 0
     # The unpaired intervals overlap; the paired one sees the difference.
     assert alone[1].bounds["balanced_accuracy"][0] < alone[0].bounds["balanced_accuracy"][1]
     same = bootstrap_intervals(targets, [probability, probability], [0.5, 0.5], names, 400)
-    assert same.point["accuracy"] == 0 and np.isnan(same.bounds["accuracy"][0])
+    assert same.point["accuracy"] == 0 == same.ratio["accuracy"] and np.isnan(same.bounds["accuracy"][0])
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
@@ -149,3 +167,10 @@ def test_every_logged_interval_holds_its_level_in_the_coverage_simulation(scenar
         assert max(logged.values()) >= sets // 2, logged  # an interval is given on most sets
         if not scenario.subjects_known:  # hundreds of independent units: the interval is near its level
             assert max(held.values()) <= 0.985, (counts, held)
+
+
+@pytest.mark.parametrize("scenario", [SCENARIOS[0], SCENARIOS[-1]], ids=["subject effect", "subjects unknown"])
+def test_every_paired_interval_holds_its_level_in_the_coverage_simulation(scenario):
+    for counts in SUBJECT_COUNTS[:3]:
+        held = paired_coverage(scenario, counts, sets=200)
+        assert min(held.values()) >= 0.93, (counts, held)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from leukemia.config import Config
 from leukemia.errors import UserError
-from leukemia.evaluation.comparison import COMPARED, VERDICT, WHY, difference, paired_comparison
+from leukemia.evaluation.comparison import COMPARED, VERDICT, WHY, difference, odds_ratio, paired_comparison
 from leukemia.evaluation.figures import comparison_figure, confusion_grid_figure
 from leukemia.evaluation.report import PREDICTIONS
 from leukemia.names import (
@@ -76,8 +76,8 @@ SUMMARY_METRICS = (
 # Test scores logged with bootstrap intervals (test_<score>_ci_low, _ci_high); the Markdown table shows each
 # as ``score [low, high]``, and the paired difference of the challenge metric from the reference run's.
 INTERVAL_METRICS = tuple(of(TEST, score) for score in INTERVAL_SCORES)
-PAIRED = difference(CHALLENGE)  # shown in summary.md; the other paired columns are in paired.csv only
-PAIRED_DETAIL = tuple(difference(score) for score in COMPARED if score != CHALLENGE)
+PAIRED = odds_ratio(CHALLENGE)  # shown in summary.md with the difference; the others are in summary.csv only
+PAIRED_DETAIL = tuple(name(score) for score in COMPARED if score != CHALLENGE for name in (difference, odds_ratio))
 # Params that differ between runs without being hyper-parameters (or that follow from one, as the depth).
 NOT_HYPERPARAMETERS = ("dataset.", "paths.", "tracking.", "run_name", "run_id", "weights", "plot.", "task",
                        "model.depth", "data.test_csv", "data.test_labels_csv")  # fmt: skip
@@ -270,10 +270,11 @@ def comparison_note(reference: RunRecord | None, key: str) -> str:
     if reference is None:
         return f"No paired comparison: no run has {key} (the validation metric the reference is chosen by).\n\n"
     return (f"Reference: **{reference.name}** (`{reference.id}`), the best by {key} = {reference.metrics[key]:.4f} "
-            f"on validation (never by a test score). `{PAIRED}`: each run's {CHALLENGE} minus the reference's on "
-            f"the same test cells, with a paired 95% bootstrap interval (the same draws of subjects, or cells "
-            f"where none are known, for both runs); `{VERDICT}`: better or worse where that interval excludes 0, "
-            f"else not distinguishable.\n\n")  # fmt: skip
+            f"on validation (never by a test score). `{difference(CHALLENGE)}`: each run's {CHALLENGE} minus the "
+            f"reference's on the same test cells; `{PAIRED}`: logit of its {CHALLENGE} minus the reference's, with "
+            f"a paired 95% bootstrap interval (the same draws of subjects, or cells where none are known, for both "
+            f"runs); `{VERDICT}`: better or worse where that interval excludes 0, else not distinguishable."
+            "\n\n")  # fmt: skip
 
 
 def write_tables(folder: Path, runs: list[RunRecord], varying: list[str], versions: list[Version],
@@ -293,8 +294,10 @@ def write_tables(folder: Path, runs: list[RunRecord], varying: list[str], versio
 
 
 def paired_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """The plot run's metrics of the comparison: ``paired_<run id>_<score>_difference`` and its bounds."""
-    columns = [column for column in table if column.startswith(tuple(difference(s) for s in COMPARED))]
+    """The plot run's metrics of the comparison: ``paired_<run id>_<score>_difference``, ``…_log_odds_ratio``
+    and the latter's bounds."""
+    names = tuple(name(score) for score in COMPARED for name in (difference, odds_ratio))
+    columns = [column for column in table if column.startswith(names)]
     return {f"paired_{row['run_id']}_{column}": float(row[column]) for _, row in table.iterrows()
             for column in columns if np.isfinite(row[column])}  # fmt: skip
 
