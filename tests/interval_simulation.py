@@ -4,9 +4,10 @@ effect, scored by the evaluation's own bootstrap; coverage is how often an inter
 Model (on the logit scale): a cell of class c in subject s has logit mu_c + u_s + e, u_s ~ N(0, subject_sd²),
 e ~ N(0, cell_sd²); P(ALL) is its logistic, the threshold 0.5. The population value of every score is the
 score of one very large test set of the same design (the same share of ALL subjects). Run as a script, it
-prints the coverage table of docs/evaluation.md (more sets than the test uses):
+prints the coverage tables of docs/evaluation.md (more sets than the test uses):
 
-    python tests/interval_simulation.py
+    python tests/interval_simulation.py 1000           # one model's intervals
+    python tests/interval_simulation.py 500 paired     # the log odds ratio of two models
 """
 
 from __future__ import annotations
@@ -108,18 +109,20 @@ def paired_coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resa
     return {key: held[key] / logged[key] for key in INTERVAL_SCORES if logged[key]}
 
 
-def table(sets: int) -> str:
+def table(sets: int, paired: bool = False) -> str:
     """The Markdown coverage table: per scenario and subject count, the lowest coverage over the scores and
-    each score's."""
+    each score's; with ``paired``, of the log odds ratio of two models (the scenarios with a subject effect,
+    and cells)."""
     lines = ["| scenario | ALL + normal subjects | lowest | " + " | ".join(INTERVAL_SCORES) + " |",
              "|---|---|---|" + "---|" * len(INTERVAL_SCORES)]  # fmt: skip
-    for scenario in SCENARIOS:
+    for scenario in (SCENARIOS[0], SCENARIOS[1], SCENARIOS[-1]) if paired else SCENARIOS:
         for counts in SUBJECT_COUNTS:
-            held, _ = coverage(scenario, counts, sets)
+            held = paired_coverage(scenario, counts, sets) if paired else coverage(scenario, counts, sets)[0]
             cells = " | ".join(f"{held[key]:.3f}" if key in held else "—" for key in INTERVAL_SCORES)
             lines.append(f"| {scenario.name} | {counts[0]} + {counts[1]} | {min(held.values()):.3f} | {cells} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(table(int(sys.argv[1]) if len(sys.argv) > 1 else 1000))
+    sets = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    print(table(sets, paired="paired" in sys.argv))
