@@ -1,2 +1,3 @@
-"""Numbers from predictions: metrics, the operating point, calibration, per-subject diagnosis, bootstrap
-intervals, Grad-CAM. Plain numpy, scikit-learn and torch; knows no MLflow, no config and no data layout."""
+"""Numbers from predictions: metrics, the operating point, calibration, per-subject diagnosis, intervals that
+hold their level, paired comparisons, the decision curve, Grad-CAM. Plain numpy, scipy, scikit-learn,
+statsmodels and torch; knows no MLflow, no config and no data layout."""

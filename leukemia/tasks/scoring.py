@@ -2,10 +2,12 @@
 splits, ``leukemia.evaluation`` reports on them, the run logs the reports, and the output folder keeps the
 submission.
 
-Validation fixes the decision: the temperature (fitted to the validation cells' probabilities) and the
-threshold (``eval.threshold``, a number or ``balanced``, chosen on the calibrated validation probabilities).
-Every label afterwards (submission, predictions, subjects, the logged model) is P(ALL) >= threshold, on
-calibrated probabilities.
+Validation fixes the decision: the temperature (fitted to the validation cells' probabilities), the threshold
+(``eval.threshold``, a number or ``balanced``, chosen on the calibrated validation probabilities) and, where
+subjects are known, the subject threshold (chosen on the validation subjects' mean probabilities). Every cell
+label afterwards (submission, predictions, the logged model) is P(ALL) >= threshold, on calibrated
+probabilities (of the four flips' mean with ``eval.tta=flips``); every subject label, mean P(ALL) >= the
+subject threshold.
 """
 
 from __future__ import annotations
