@@ -33,7 +33,7 @@ def odds_ratio(score: str) -> str:
 
 
 def verdict(low: float, high: float) -> str:
-    """What an interval of a difference says; "" without one."""
+    """What an interval of a log odds ratio (or of a difference) says; "" without one."""
     if not np.isfinite(low):
         return ""
     return BETTER if low > 0 else WORSE if high < 0 else SAME
