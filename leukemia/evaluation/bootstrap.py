@@ -86,8 +86,7 @@ class Counts:
         distinct, index = np.unique(probability_all, return_inverse=True)
         called = labels_at(probability_all, threshold)
         self.sizes, self.called, self.histograms = [], [], []
-        for cells, members in zip(plan.cells, plan.members, strict=True):
-            units = int(members.max()) + 1 if len(members) else 0
+        for cells, members, units in zip(plan.cells, plan.members, plan.units, strict=True):
             self.sizes.append(np.bincount(members, minlength=units).astype(np.float64))
             self.called.append(np.bincount(members, called[cells], minlength=units))
             ones = np.ones(len(cells))
@@ -176,16 +175,17 @@ def bootstrap_intervals(
     plan = design(targets, subjects)
     counts = [Counts(plan, p, t) for p, t in zip(probabilities, threshold, strict=True)]
     points = [c.point() for c in counts]
-    point = {key: points[-1][key] - (points[0][key] if len(points) == 2 else 0) for key in INTERVAL_SCORES}
+    paired = len(points) == 2
+    point = {key: points[-1][key] - (points[0][key] if paired else 0) for key in INTERVAL_SCORES}
     cells = [len(c) for c in plan.cells]
     steps = {key: cells[0] * cells[1] if key == ROC_AUC else sum(cells) for key in INTERVAL_SCORES}
 
     def contrast(scores: list[dict]) -> dict[str, np.ndarray]:  # a score's logit, or the log odds ratio
         logits = [{key: log_odds(found[key], steps[key]) for key in INTERVAL_SCORES} for found in scores]
-        return {key: logits[-1][key] - (logits[0][key] if len(logits) == 2 else 0) for key in INTERVAL_SCORES}
+        return {key: logits[-1][key] - (logits[0][key] if paired else 0) for key in INTERVAL_SCORES}
 
     centre = contrast(points)
-    ratio = {key: float(centre[key]) for key in INTERVAL_SCORES} if len(points) == 2 else {}
+    ratio = {key: float(centre[key]) for key in INTERVAL_SCORES} if paired else {}
     if plan.reason:
         return Intervals(plan, resamples, LEVEL, point, {key: (np.nan, np.nan) for key in INTERVAL_SCORES}, ratio)
     values: dict[str, list[np.ndarray]] = {key: [] for key in INTERVAL_SCORES}
@@ -196,6 +196,6 @@ def bootstrap_intervals(
     for key in INTERVAL_SCORES:
         low, high = bounds(float(centre[key]), np.concatenate(values[key]), plan.units)
         edge = log_odds(0.0, steps[key])  # a score's bound within half a step of 0 or 1 is 0 or 1
-        limits[key] = (low, high) if ratio else (0.0 if low <= edge else float(special.expit(low)),
+        limits[key] = (low, high) if paired else (0.0 if low <= edge else float(special.expit(low)),
                                                   1.0 if high >= -edge else float(special.expit(high)))  # fmt: skip
     return Intervals(plan, resamples, LEVEL, point, limits, ratio)
