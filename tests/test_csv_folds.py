@@ -71,7 +71,7 @@ def test_without_a_split_column_fold_0_of_5_validates(tmp_path):
         (lambda t: t.assign(split=["train"] * (len(t) - 1) + ["tset"]), r"'split' must be train, valid, test or empty"),
         (lambda t: t.assign(label=[0, 1] * (len(t) // 2 - 1) + [0, 2]), r"'label' must be 0 \(normal\) or 1 \(ALL\)"),
         (lambda t: t.assign(path=[*t.path[:-1], "cells/gone.png"]), r"1 of 10 image files do not exist"),
-        (lambda t: t.assign(subject=["s1"] * (len(t) - 1) + [None]), r"'subject' must name every row's subject"),
+        (lambda t: t.assign(subject=["s1"] * (len(t) - 1) + [None]), r"'subject' is blank in 1 of 10 rows \(row 11\)"),
         (lambda t: t.drop(columns=["label"]), r"missing column\(s\) \['label'\]"),
     ],
     ids=["split", "label", "missing-file", "subject-blank", "no-label-column"],

@@ -54,10 +54,10 @@ def test_loader_yields_resized_rgb_tensors(tmp_path):
         read_lab_csv(root / "train.csv", "train", labelled=True),
         unnormalised(36, 32), batch_size=4, num_workers=0, shuffle=False, seed=0,
     )  # fmt: skip
-    images, labels, _ = next(iter(loader))
+    images, labels, rows, _ = next(iter(loader))
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
     assert images.min() >= 0.0 and images.max() <= 1.0
-    assert labels.tolist() == [0, 1, 0, 1]
+    assert labels.tolist() == [0, 1, 0, 1] and rows.tolist() == [0, 1, 2, 3]
 
 
 def first_image(manifest, crop_size=36, image_size=32):
@@ -138,7 +138,9 @@ def test_a_truncated_image_is_named_or_skipped_and_reported(tmp_path):
     batches = list(loader)
     assert [len(batch.labels) for batch in batches] == [1, 1]
     assert batches[0].labels.tolist() == [0] and len(batches[0].skipped) == 1
-    assert batches[0].skipped[0].startswith(f"{truncated} (image file is truncated")
+    assert [batch.rows.tolist() for batch in batches] == [[0], [2]]  # each image with its manifest row
+    (skipped,) = batches[0].skipped
+    assert skipped.row == 1 and skipped.description.startswith(f"{truncated} (image file is truncated")
     only_bad = make_loader(manifest.select([1]), unnormalised(36, 32), 2, 0, False, 0, skip_bad=True)
     batch = next(iter(only_bad))
     assert batch.images.numel() == 0 and len(batch.skipped) == 1
@@ -292,7 +294,7 @@ def test_real_cnmc_cells_read_through_the_lab_reader(tmp_path):
     lab.to_csv(tmp_path / "valid.csv", index=False)
     splits = lab_splits(lab_cfg(tmp_path))
     loader = make_loader(splits.train, unnormalised(350, 64), batch_size=11, num_workers=0, shuffle=False, seed=0)
-    images, labels, _ = next(iter(loader))
+    images, labels, rows, _ = next(iter(loader))
     assert images.shape == (11, 3, 64, 64) and labels.sum().item() == 5
     # Cells are stained purple: blue and red above green inside the cell.
     red, green, blue = images.mean(dim=(0, 2, 3)).tolist()

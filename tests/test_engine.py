@@ -51,7 +51,7 @@ class Paced:
     def __iter__(self):
         for _ in range(5):
             time.sleep(0.02)
-            yield Batch(torch.zeros(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]), [])
+            yield Batch(torch.zeros(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]), torch.arange(4), [])
 
 
 class Slow(nn.Module):

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import functional as TF
 
 from leukemia.data.augmentation import BatchAugmentation
-from leukemia.data.cache import decoded_loader, decoded_split, epoch_batches, readable_labels
+from leukemia.data.cache import decoded_loader, decoded_split, epoch_batches, readable_labels, readable_rows
 from leukemia.data.decoding import decoding
 from leukemia.data.feed import build_feed
 from leukemia.data.layouts.lab import read_lab_csv
@@ -86,6 +86,7 @@ def test_unreadable_files_fail_the_build_or_are_left_out(manifest, tmp_path):
         assert sum(len(batch.labels) for batch in batches) == 9
         expected = torch.tensor(manifest.labels)[decoded.readable]
         assert torch.equal(torch.cat([batch.labels for batch in batches]), expected)
+        assert torch.cat([batch.rows for batch in batches]).tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9]
     with pytest.raises(UserError, match=r"train/4.bmp .*found when this split was decoded"):
         decoded_split(manifest, 40, 32, tmp_path / "cache")  # the cache remembers it
 
@@ -99,7 +100,8 @@ def cached_batches(decoded, manifest, batch_size, shuffle, seed, where, balanced
     batches = epoch_batches(labels, batch_size, shuffle, torch.Generator().manual_seed(seed), balanced)
     if where == "disk":
         return decoded_loader(decoded, labels, batches)
-    return ResidentBatches(resident_pixels(decoded, manifest.name, torch.device("cpu")), labels, batches)
+    pixels = resident_pixels(decoded, manifest.name, torch.device("cpu"))
+    return ResidentBatches(pixels, labels, readable_rows(decoded), batches)
 
 
 @pytest.mark.parametrize("where", WHERE)
@@ -112,9 +114,9 @@ def test_cached_batches_shuffle_per_seed_and_keep_labels_with_their_images(manif
     second = [b.labels.tolist() for b in cached_batches(decoded, manifest, 3, shuffle=True, seed=1, where=where)]
     assert first == second and sum(map(len, first)) == 10
     for batch in cached_batches(decoded, manifest, 3, shuffle=True, seed=2, where=where):
-        for image, label in zip(batch.images, batch.labels, strict=True):
+        for image, label, carried in zip(batch.images, batch.labels, batch.rows, strict=True):
             row = next(r for r in range(10) if torch.equal(image, torch.from_numpy(np.array(decoded.pixels[r]))))
-            assert manifest.labels[row] == label
+            assert manifest.labels[row] == label and carried == row  # the row travels with its pixels
 
 
 @pytest.mark.parametrize("balanced", [False, True])
@@ -356,7 +358,7 @@ def test_the_benchmark_counts_images_per_second_against_a_known_pace():
         def __iter__(self):
             for _ in range(5):
                 time.sleep(0.02)
-                yield Batch(torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long), [])
+                yield Batch(torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long), torch.arange(4), [])
 
     seen = []
     rate = images_per_second(Paced(), torch.device("cpu"), prepare=lambda images: seen.append(len(images)) or images)

@@ -75,7 +75,7 @@ def images_per_second(loader: DataLoader, device: torch.device, prepare=None) ->
 def model_steps(manifest: Manifest, args: argparse.Namespace, device: torch.device, acceleration: Acceleration):
     """(b): images/s of a training step of this project's ResNet and torchvision's, on one batch."""
     plain = transforms.Compose([transforms.CenterCrop(CROP), transforms.Resize(args.image_size), transforms.ToTensor()])
-    images, labels = next(iter(DataLoader(CellImages(manifest, plain), batch_size=args.batch_size)))
+    images, labels, _ = next(iter(DataLoader(CellImages(manifest, plain), batch_size=args.batch_size)))
     images, labels = images.to(device), labels.to(device)
     if acceleration.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)

@@ -1,10 +1,14 @@
 """Decode once: a split's images, center-cropped and resized, as one uint8 array on disk (memory-mapped).
 
 Without it (``data.cache=false``) every image is decoded, cropped and resized in every epoch; after the first
-use, the cache reads ready-made uint8 pixels instead. The key covers the manifest (every path with its size and
-modification time) and the preprocessing parameters, so a changed file or setting makes a new cache and an
-unchanged one is reused by later runs and sweep jobs. A cache is written under a lock into a temporary file and
-renamed into place, so a parallel job either waits for it or finds it complete, never half-written.
+use, the cache reads ready-made uint8 pixels instead. The key covers the manifest (every path with its size,
+modification time, change time and inode: a file replaced by another of the same size and modification time, as
+``cp -p``, ``rsync -a`` or ``tar`` leave it, still has a new change time) and the preprocessing parameters, so a
+changed file or setting makes a new cache and an unchanged one is reused by later runs and sweep jobs. A cache
+is written under a lock into a temporary file, its whole size reserved on disk first (a full disk is one line,
+not a crash while the array is written), and renamed into place, so a parallel job either waits for it or finds
+it complete, never half-written. The cache is derived data: a file that is damaged, truncated or not this key's
+array is named in one warning and decoded again.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +30,12 @@ from torch.utils.data import BatchSampler, DataLoader
 from leukemia.data.decoding import decoding
 from leukemia.data.loading import Batch, CellImages, SkippedImage, epoch_order, quiet_worker, worker_context
 from leukemia.data.manifest import Manifest
-from leukemia.errors import UserError
+from leukemia.errors import NO_SPACE, UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+FORMAT_VERSION = 2  # 2: the key covers each file's change time and inode; the metadata names its key and size
 
 
 @dataclass(frozen=True)
@@ -47,16 +53,20 @@ def cache_folder(cache_dir: str) -> Path:
     return Path(cache_dir) / "decoded"
 
 
-def cache_key(manifest: Manifest, crop_size: int, image_size: int) -> str:
+def cache_key(manifest: Manifest, crop_size: int | None, image_size: int) -> str:
     digest = hashlib.sha256(f"v{FORMAT_VERSION} crop={crop_size} size={image_size}".encode())
     for path in manifest.paths:
         status = path.stat()
-        digest.update(f"\n{path}\t{status.st_size}\t{status.st_mtime_ns}".encode())
+        digest.update(
+            f"\n{path}\t{status.st_size}\t{status.st_mtime_ns}\t{status.st_ctime_ns}\t{status.st_ino}".encode()
+        )
     return digest.hexdigest()[:24]
 
 
-def _decode_into(target: np.ndarray, manifest: Manifest, crop_size: int, workers: int, skip_bad: bool) -> list[str]:
-    """Fill ``target`` with the split's pixels, decoding in ``workers`` processes; returns what was skipped."""
+def _decode_into(target: np.ndarray, manifest: Manifest, crop_size: int | None, workers: int,
+                 skip_bad: bool) -> dict[int, str]:  # fmt: skip
+    """Fill ``target`` with the split's pixels, decoding in ``workers`` processes; returns what was skipped, by
+    row."""
     steps = decoding(crop_size, target.shape[-1])
     loader = DataLoader(
         CellImages(manifest, steps, skip_bad),
@@ -66,43 +76,100 @@ def _decode_into(target: np.ndarray, manifest: Manifest, crop_size: int, workers
         worker_init_fn=quiet_worker,
     )
     skipped = {}
-    for index, item in enumerate(loader):
+    for item in loader:
         if isinstance(item, SkippedImage):
-            skipped[index] = item.description
+            skipped[item.row] = item.description
         else:
-            target[index] = item[0].numpy()
+            pixels, _, row = item
+            target[row] = pixels.numpy()
     return skipped
 
 
+def _damage(pixels_path: Path, meta_path: Path, key: str, shape: tuple[int, ...]) -> str:
+    """What is wrong with the cache files of ``key`` (expected to hold a uint8 array of ``shape``), or "" when
+    they are whole: read from their headers and sizes, before anything is mapped."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        with open(pixels_path, "rb") as file:
+            reader = HEADER_READERS.get(np.lib.format.read_magic(file))
+            if reader is None:
+                return "an array header of an unknown version"
+            stored, fortran, dtype = reader(file)
+            offset = file.tell()
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return f"unreadable ({type(error).__name__}: {str(error).strip()[:80]})"
+    expected = offset + int(np.prod(shape))
+    if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("skipped"), dict):
+        return "its metadata is not this split's"
+    if tuple(stored) != shape or dtype != np.uint8 or fortran:
+        return f"it holds a {dtype} array of shape {tuple(stored)}, not uint8 {shape}"
+    size = pixels_path.stat().st_size
+    return "" if size == expected else f"{size} bytes where {expected} were written (truncated or changed)"
+
+
+def _reserve(partial: Path, size: int, folder: Path, split: str) -> None:
+    """The whole file's blocks taken on disk now: a full disk is this one line, not a SIGBUS while the
+    memory-mapped array is written."""
+    descriptor = os.open(partial, os.O_RDWR)
+    try:
+        os.posix_fallocate(descriptor, 0, size)
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        free = shutil.disk_usage(folder).free
+        raise UserError(
+            f"{folder}: no room for the decode cache of the {split} split ({size / 1e6:.0f} MB needed, "
+            f"{free / 1e6:.0f} MB free); free space there, point paths.cache_dir at another disk, or set "
+            f"data.cache=none to decode every image in every epoch instead"
+        ) from error
+    finally:
+        os.close(descriptor)
+
+
+def _build(manifest: Manifest, crop_size: int | None, image_size: int, workers: int, skip_bad: bool,
+           paths: tuple[Path, Path], key: str) -> None:  # fmt: skip
+    """Decode the split into ``paths`` (pixels, metadata), through a temporary file renamed into place."""
+    pixels_path, meta_path = paths
+    started = time.perf_counter()
+    partial = pixels_path.with_name(f"{pixels_path.name}.{os.getpid()}.partial")
+    shape = (len(manifest), 3, image_size, image_size)
+    try:
+        target = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(partial, target.offset + target.nbytes, pixels_path.parent, manifest.name)
+        skipped = _decode_into(target, manifest, crop_size, workers, skip_bad)
+        target.flush()
+        size = target.offset + target.nbytes
+        del target
+        meta = {"key": key, "split": manifest.name, "source": manifest.source, "images": len(manifest),
+                "crop_size": crop_size, "image_size": image_size, "bytes": size, "skipped": skipped}  # fmt: skip
+        meta_path.write_text(json.dumps(meta))
+        os.replace(partial, pixels_path)  # the cache appears complete or not at all
+    except BaseException:  # an unreadable file, a full disk or Ctrl-C: leave no half-written array behind
+        partial.unlink(missing_ok=True)
+        raise
+    log.info("decoded the %s split once: %d images in %.1f s -> %s (%.0f MB)", manifest.name, len(manifest),
+             time.perf_counter() - started, pixels_path, pixels_path.stat().st_size / 1e6)  # fmt: skip
+
+
 def decoded_split(
-    manifest: Manifest, crop_size: int, image_size: int, folder: Path, workers: int = 0, skip_bad: bool = False
-) -> DecodedSplit:
-    """The split's decoded pixels from ``folder``, decoding them first if no cache for this key exists."""
+    manifest: Manifest, crop_size: int | None, image_size: int, folder: Path, workers: int = 0,
+    skip_bad: bool = False,
+) -> DecodedSplit:  # fmt: skip
+    """The split's decoded pixels from ``folder``, decoding them first if no whole cache for this key exists."""
     folder.mkdir(parents=True, exist_ok=True)
     key = cache_key(manifest, crop_size, image_size)
     pixels_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    shape = (len(manifest), 3, image_size, image_size)
     with open(folder / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel job building the same cache finishes first
-        if not pixels_path.is_file():
-            started = time.perf_counter()
-            partial = folder / f"{key}.npy.{os.getpid()}.partial"
-            try:
-                target = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
-                                                   shape=(len(manifest), 3, image_size, image_size))  # fmt: skip
-                skipped = _decode_into(target, manifest, crop_size, workers, skip_bad)
-                target.flush()
-                del target
-            except BaseException:  # an unreadable file or Ctrl-C: leave no half-written array behind
-                partial.unlink(missing_ok=True)
-                raise
-            meta = {"split": manifest.name, "source": manifest.source, "images": len(manifest),
-                    "crop_size": crop_size, "image_size": image_size, "skipped": skipped}  # fmt: skip
-            meta_path.write_text(json.dumps(meta))
-            os.replace(partial, pixels_path)  # the cache appears complete or not at all
-            size_mb = pixels_path.stat().st_size / 1e6
-            log.info("decoded the %s split once: %d images in %.1f s -> %s (%.0f MB)",
-                     manifest.name, len(manifest), time.perf_counter() - started, pixels_path, size_mb)  # fmt: skip
-    skipped = {int(row): description for row, description in json.loads(meta_path.read_text())["skipped"].items()}
+        damage = _damage(pixels_path, meta_path, key, shape) if pixels_path.exists() else "absent"
+        if damage and damage != "absent":
+            log.warning("%s: a damaged decode cache (%s); decoding the %s split again", pixels_path, damage,
+                        manifest.name)  # fmt: skip
+        if damage:
+            _build(manifest, crop_size, image_size, workers, skip_bad, (pixels_path, meta_path), key)
+        meta = json.loads(meta_path.read_text())
+    skipped = {int(row): description for row, description in meta["skipped"].items()}
     if skipped and not skip_bad:
         raise UserError(
             f"{next(iter(skipped.values()))}: cannot be read as an image (found when this split was decoded); "
@@ -111,6 +178,11 @@ def decoded_split(
     readable = np.ones(len(manifest), dtype=bool)
     readable[list(skipped)] = False
     return DecodedSplit(np.load(pixels_path, mmap_mode="r"), readable, pixels_path, list(skipped.values()))
+
+
+def readable_rows(decoded: DecodedSplit) -> torch.Tensor:
+    """The manifest rows of the split's readable images, in order: the ``rows`` every batch of it carries."""
+    return torch.from_numpy(np.flatnonzero(decoded.readable))
 
 
 def readable_labels(decoded: DecodedSplit, manifest: Manifest) -> torch.Tensor:
@@ -140,15 +212,16 @@ class DecodedImages(torch.utils.data.Dataset):
 
     def __init__(self, decoded: DecodedSplit, labels: torch.Tensor):
         self.pixels = decoded.pixels
-        self.rows = np.flatnonzero(decoded.readable)
+        self.rows = readable_rows(decoded)
         self.labels = labels
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, positions: list[int]) -> Batch:
-        pixels = np.ascontiguousarray(self.pixels[self.rows[positions]])
-        return Batch(torch.from_numpy(pixels), self.labels[positions], [])
+        rows = self.rows[positions]
+        pixels = np.ascontiguousarray(self.pixels[rows.numpy()])
+        return Batch(torch.from_numpy(pixels), self.labels[positions], rows, [])
 
 
 def decoded_loader(decoded: DecodedSplit, labels: torch.Tensor, batches: BatchSampler) -> DataLoader:

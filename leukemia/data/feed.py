@@ -18,7 +18,14 @@ from typing import Protocol
 import torch
 
 from leukemia.data.augmentation import BatchAugmentation
-from leukemia.data.cache import DecodedSplit, decoded_loader, decoded_split, epoch_batches, readable_labels
+from leukemia.data.cache import (
+    DecodedSplit,
+    decoded_loader,
+    decoded_split,
+    epoch_batches,
+    readable_labels,
+    readable_rows,
+)
 from leukemia.data.decoding import decoding
 from leukemia.data.loading import Batch, make_loader
 from leukemia.data.manifest import Manifest
@@ -85,7 +92,7 @@ def build_feed(
     batches = epoch_batches(labels, batch_size, train, generator, balanced)
     pixels = _resident(decoded, manifest.name, data_cfg.cache, device)
     loader, where = ((decoded_loader(decoded, labels, batches), "disk") if pixels is None
-                     else (ResidentBatches(pixels, labels, batches), "device"))  # fmt: skip
+                     else (ResidentBatches(pixels, labels, readable_rows(decoded), batches), "device"))  # fmt: skip
     return Feed(loader, prepare, where, decoded.skipped, [generator, augmentation.generator])
 
 

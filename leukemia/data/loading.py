@@ -32,25 +32,38 @@ log = logging.getLogger(__name__)
 
 
 class SkippedImage(NamedTuple):
-    """Stands in for an item whose file could not be decoded, when ``data.on_bad_image=skip``."""
+    """Stands in for an item whose file could not be decoded, when ``data.on_bad_image=skip``: its row in the
+    manifest, its path and why."""
 
-    description: str
+    row: int
+    path: str
+    reason: str
+
+    @property
+    def description(self) -> str:
+        return f"{self.path} ({self.reason})"
 
 
 class Batch(NamedTuple):
+    """Decoded images with their labels and ``rows``, each image's index in the manifest it came from: what
+    ties a prediction to its file, never the file's name."""
+
     images: torch.Tensor
     labels: torch.Tensor
-    skipped: list[str]  # "path (reason)" of files left out of this batch
+    rows: torch.Tensor
+    skipped: list[SkippedImage]  # the files left out of this batch
 
 
 def collate(items: list) -> Batch:
-    """Stack the decoded items; skipped ones are left out and reported (a batch may end up empty)."""
-    skipped = [item.description for item in items if isinstance(item, SkippedImage)]
+    """Stack the decoded items; skipped ones are left out and reported with their rows (a batch may end up
+    empty)."""
+    skipped = [item for item in items if isinstance(item, SkippedImage)]
     decoded = [item for item in items if not isinstance(item, SkippedImage)]
     if not decoded:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
-    images, labels = default_collate(decoded)
-    return Batch(images, labels, skipped)
+        empty = torch.empty(0, dtype=torch.long)
+        return Batch(torch.empty(0), empty, empty, skipped)
+    images, labels, rows = default_collate(decoded)
+    return Batch(images, labels, rows, skipped)
 
 
 class CellImages(Dataset):
@@ -65,19 +78,20 @@ class CellImages(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SkippedImage:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedImage:
+        """The image, its label (-1 where the split has none) and its row ``index``."""
         path = self.manifest.paths[index]
         try:
             rgb = read_image(path)
         except UNREADABLE as error:
             if self.skip_bad:
-                return SkippedImage(f"{path} ({error})")
+                return SkippedImage(index, str(path), str(error))
             raise UserError(
                 f"{path}: cannot be read as an image ({error}); replace or remove it, "
                 f"or set data.on_bad_image=skip to leave such files out"
             ) from error
         label = self.manifest.labels[index] if self.manifest.labels is not None else -1
-        return self.transform(rgb), label
+        return self.transform(rgb), label, index
 
 
 def class_weights(manifest: Manifest) -> torch.Tensor:

@@ -8,7 +8,9 @@ take a moment even on the full 10,661-image C-NMC training set. Unreadable pixel
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -33,9 +35,33 @@ def first_few(items: Sequence[object]) -> str:
     return shown + (", …" if len(items) > SHOWN else "")
 
 
-def is_image_file(path: Path) -> bool:
-    """A file with an image suffix (any case), not a hidden one such as .DS_Store or macOS's ._ copies."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+def is_image_name(path: Path) -> bool:
+    """A name with an image suffix (any case), not a hidden one such as .DS_Store or macOS's ._ copies."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def image_files_in(folder: Path, recursive: bool) -> list[Path]:
+    """The image files in ``folder`` (under it, with ``recursive``; hidden folders left out), sorted by their
+    paths relative to it. An image name that is no file to read (a broken link, a symlink loop) is warned
+    about, not read."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    named = [path for path in found if is_image_name(path) and not _hidden(path.relative_to(folder))]
+    files = [path for path in named if path.is_file()]
+    unreadable = sorted(set(named) - set(files))
+    if unreadable:
+        log.warning("%s: %d image names are no file to read (a broken link, a symlink loop or a folder), left out: "
+                    "%s", folder, len(unreadable), first_few(unreadable))  # fmt: skip
+    return sorted(files, key=lambda path: path.relative_to(folder).as_posix())
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def resolved(path: Path) -> Path:
+    """``path`` absolute, its links followed as far as they lead: a symlink loop or a broken link stays a
+    path that names no file (which the missing-file checks report), never an exception."""
+    return Path(os.path.realpath(path))
 
 
 def check_labels(table: pd.DataFrame, column: str, where: str) -> list[int]:
@@ -52,19 +78,48 @@ def check_labels(table: pd.DataFrame, column: str, where: str) -> list[int]:
 
 
 def read_csv_columns(csv_path: Path, needed: list[str], split: str) -> pd.DataFrame:
-    """The CSV as a table, after checking it exists, has the needed columns and at least one row."""
+    """The CSV as a table of strings exactly as written (``7`` stays ``7``, ``007`` ``007``, a blank cell is
+    ``""``, never NaN), after checking it exists, has the needed columns and at least one row: the one reader of
+    every manifest CSV, the layouts' and task=predict's."""
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: no such CSV; check data.root and the CSV name (or try data=demo)")
     try:
-        table = pd.read_csv(csv_path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        with open(csv_path, newline="", encoding="utf-8") as file:
+            header = next(csv.reader(file), [])  # as written: pandas would rename a second "subject" "subject.1"
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as error:
         raise UserError(f"{csv_path}: not a readable CSV ({str(error).strip()}); fix or regenerate it") from error
+    repeated = sorted({column for column in header if header.count(column) > 1})
+    if repeated:
+        raise UserError(f"{csv_path}: the column(s) {repeated} appear more than once; give each column once")
     absent = [column for column in needed if column not in table.columns]
     if absent:
         raise UserError(f"{csv_path}: missing column(s) {absent}; found {list(table.columns)}, need {needed}")
     if table.empty:
         raise UserError(f"{csv_path}: has no rows; the {split} split needs at least one image")
     return table
+
+
+SUBJECT_COLUMN = "subject"
+
+
+def blank(values: pd.Series) -> pd.Series:
+    """Which cells of a column read as strings are empty (or only spaces)."""
+    return values.str.strip() == ""
+
+
+def subject_column(table: pd.DataFrame, where: str, unknown_allowed: bool) -> list[str | None] | None:
+    """A table's ``subject`` column as written; a blank cell is an unknown subject (None), never a subject named
+    "nan"; None where there is no such column or it is blank throughout. Blanks among named subjects are an error
+    unless ``unknown_allowed`` (a training split's subjects keep it honest only if every cell has one)."""
+    if SUBJECT_COLUMN not in table.columns or blank(table[SUBJECT_COLUMN]).all():
+        return None
+    unknown = blank(table[SUBJECT_COLUMN])
+    if unknown.any() and not unknown_allowed:
+        rows = [f"row {index + 2}" for index in table.index[unknown]]
+        raise UserError(f"{where}: '{SUBJECT_COLUMN}' is blank in {len(rows)} of {len(table)} rows "
+                        f"({first_few(rows)}); name every row's subject, or leave the column out")  # fmt: skip
+    return [None if missing else value for value, missing in zip(table[SUBJECT_COLUMN], unknown, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -78,7 +133,7 @@ class Manifest:
     name: str
     paths: list[Path]
     labels: list[int] | None
-    subjects: list[str] | None = None
+    subjects: list[str | None] | None = None  # None for a cell whose subject is unknown (task=predict's input)
     source: str = ""
     ids: list[str] | None = None
 
@@ -90,7 +145,7 @@ class Manifest:
         return {name: labels.count(index) for index, name in enumerate(CLASS_NAMES)}
 
     def subject_set(self) -> set[str]:
-        return set(self.subjects or ())
+        return {subject for subject in self.subjects or () if subject is not None}
 
     def identifiers(self) -> list[str]:
         return self.ids if self.ids is not None else [path.name for path in self.paths]
@@ -124,8 +179,8 @@ class Splits:
 
 
 def check_filled(table: pd.DataFrame, column: str, where: str) -> None:
-    """Every row names a file in ``column`` (an empty cell would otherwise read as a file named 'nan')."""
-    empty = table[column][table[column].isna() | (table[column].astype(str).str.strip() == "")]
+    """Every row names a file in ``column``."""
+    empty = table[column][blank(table[column])]
     if not empty.empty:
         rows = [f"row {index + 2}" for index in empty.index]
         raise UserError(f"{where}: '{column}' is empty in {len(rows)} of {len(table)} rows ({first_few(rows)}); "
@@ -152,7 +207,7 @@ def listed_files(table: pd.DataFrame, column: str, csv_path: Path) -> list[Path]
     """The files a CSV's ``column`` names, read relative to the CSV's folder: every row names one, and each
     exists (else the error naming the first few)."""
     check_filled(table, column, str(csv_path))
-    paths = [(csv_path.parent / str(value).strip()).resolve() for value in table[column]]
+    paths = [resolved(csv_path.parent / value) for value in table[column]]
     error = missing_files_error(paths, str(csv_path), f"'{column}' values are read relative to {csv_path.parent}")
     if error:
         raise error

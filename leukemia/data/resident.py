@@ -75,10 +75,12 @@ def resident_pixels(decoded: DecodedSplit, name: str, device: torch.device) -> t
 
 class ResidentBatches:
     """A split's ``batches`` (positions among its readable rows) gathered from ``pixels`` and ``labels`` where
-    they reside; the same batches, in the same order, as the decode cache on disk yields for the same draws."""
+    they reside, each with its manifest ``rows``; the same batches, in the same order, as the decode cache on
+    disk yields for the same draws."""
 
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, batches: BatchSampler):
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, batches: BatchSampler):
         self.pixels, self.labels, self.batches = pixels, labels.to(pixels.device), batches
+        self.rows = rows
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -88,5 +90,5 @@ class ResidentBatches:
         if not batches:
             return
         positions = torch.tensor(np.concatenate(batches), device=self.pixels.device)  # one copy per epoch
-        for batch in positions.split([len(batch) for batch in batches]):
-            yield Batch(self.pixels.index_select(0, batch), self.labels.index_select(0, batch), [])
+        for batch, drawn in zip(positions.split([len(batch) for batch in batches]), batches, strict=True):
+            yield Batch(self.pixels.index_select(0, batch), self.labels.index_select(0, batch), self.rows[drawn], [])

@@ -124,7 +124,7 @@ def draws(plan: Design, resamples: int, seed: int) -> list[tuple[np.ndarray, np.
 def log_odds(score: np.ndarray | float, steps: int) -> np.ndarray:
     """logit(score), a score within half a step of 0 or 1 taken as that half step away (it moves in steps of
     1 / ``steps``: its cells, or cell pairs for the ROC AUC), so that a perfect draw is not an infinite logit."""
-    edge = 0.5 / steps
+    edge = 0.5 / max(steps, 1)  # no steps: a one-class split, whose ROC AUC is undefined anyway
     return special.logit(np.clip(score, edge, 1 - edge))
 
 

@@ -119,15 +119,20 @@ def temperature_at_bound(temperature: float) -> bool:
     return not TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01
 
 
+def check_threshold_fits(threshold: str, targets: np.ndarray) -> None:
+    """``eval.threshold=balanced`` needs validation cells of both classes (checked before training, and here)."""
+    if threshold == BALANCED and len(np.unique(targets)) < 2:
+        raise UserError("eval.threshold=balanced: the validation split holds one class only; set a number "
+                        "(eval.threshold=0.5)")  # fmt: skip
+
+
 def balanced_threshold(probability_all: np.ndarray, targets: np.ndarray) -> float:
     """The threshold that maximises balanced accuracy on these (validation) cells, a validation probability
     itself; among equals, the one nearest 0.5 (then the lower). Compared exactly: at threshold t, with P
     positives and N negatives, balanced accuracy - 1/2 is (TP(t)·N - FP(t)·P) / 2PN, so the integer
     TP(t)·N - FP(t)·P ranks the thresholds without rounding."""
     targets = np.asarray(targets)
-    if len(np.unique(targets)) < 2:
-        raise UserError("eval.threshold=balanced: the validation split holds one class only; set a number "
-                        "(eval.threshold=0.5)")  # fmt: skip
+    check_threshold_fits(BALANCED, targets)
     probability_all = np.asarray(probability_all, dtype=np.float64)
     candidates = np.unique(probability_all)  # ascending
     positives, negatives = (np.sort(probability_all[targets == c]) for c in (1, 0))

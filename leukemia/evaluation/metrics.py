@@ -37,9 +37,9 @@ def confusion_counts(matrix: np.ndarray, class_names: Sequence[str], **extra: ob
 
 def binary_scores(tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray) -> dict[str, np.ndarray]:
     """Scores of 2×2 counts (ALL positive; arrays of counts give arrays of scores): accuracy, balanced_accuracy
-    (the mean recall of the classes present), f1_weighted, accuracy_<class> (a class's recall, 0 when absent),
-    sensitivity and specificity (the recalls, NaN when the class is absent), ppv and npv (NaN when nothing is
-    called that class)."""
+    (the mean recall of the classes present), f1_weighted, accuracy_<class>, sensitivity and specificity (the
+    recalls, NaN when the class is absent: undefined, not 0), ppv and npv (NaN when nothing is called that
+    class)."""
     tn, fp, fn, tp = (np.asarray(count, dtype=np.float64) for count in (tn, fp, fn, tp))
     with np.errstate(invalid="ignore", divide="ignore"):
         sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
@@ -54,7 +54,7 @@ def binary_scores(tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray
             ),
             F1_WEIGHTED: (np.nan_to_num(f1_all) * (tp + fn) + np.nan_to_num(f1_normal) * (tn + fp)) / total,
         }
-    scores |= dict(zip(CLASS_ACCURACIES, (np.nan_to_num(specificity), np.nan_to_num(sensitivity)), strict=True))
+    scores |= dict(zip(CLASS_ACCURACIES, (specificity, sensitivity), strict=True))
     return scores | {SENSITIVITY: sensitivity, SPECIFICITY: specificity, PPV: ppv, NPV: npv}
 
 

@@ -32,7 +32,7 @@ def dispatch(cfg: DictConfig, stop: StopRequest) -> Any:
     # training stack load (seconds on a small machine).
     from leukemia.tasks.evaluate import evaluate
     from leukemia.tasks.plot import plot
-    from leukemia.tasks.predict import predict
+    from leukemia.tasks.predict import predict_cells
     from leukemia.tasks.train import train
     from leukemia.tracking.store import prepare_store
 
@@ -42,7 +42,7 @@ def dispatch(cfg: DictConfig, stop: StopRequest) -> Any:
     if Task(cfg.task) == Task.train:
         return train(cfg, stop)
     with stop.interruptible():
-        return {Task.eval: evaluate, Task.plot: plot, Task.predict: predict}[Task(cfg.task)](cfg)
+        return {Task.eval: evaluate, Task.plot: plot, Task.predict: predict_cells}[Task(cfg.task)](cfg)
 
 
 def hand_over(stop: Stopped) -> None:

@@ -1,17 +1,23 @@
 """What the tasks share about how they were launched: sweep or single run, the output folder, the command
-line's overrides, and the run's name and tags."""
+line's overrides, and the run's name and tags; and the settings the data can refuse, checked before a run."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from leukemia.config import Config, Task
+from leukemia.data.manifest import Splits
+from leukemia.errors import UserError
+from leukemia.evaluation.calibration import check_threshold_fits
+from leukemia.names import CLASS_NAMES
 from leukemia.tracking.sweep_folder import sweep_run_of
+from leukemia.training.schema import Monitor
 
 
 def in_sweep() -> bool:
@@ -86,3 +92,15 @@ def launch_context(cfg: Config) -> tuple[str, dict[str, str]]:
             if "study_name" in hydra_cfg.sweeper:  # an Optuna search: its jobs are the study's trials
                 tags["optuna_study"] = str(hydra_cfg.sweeper.study_name)
     return name, tags
+
+
+def check_fits_data(cfg: Config, splits: Splits) -> None:
+    """Settings that the data can refuse, refused before the first epoch (or the evaluation run) rather than after
+    it: a balanced threshold with a one-class validation split, a monitor the validation split leaves
+    undefined."""
+    labels = splits.valid.labels or []
+    check_threshold_fits(cfg.eval.threshold, np.asarray(labels))
+    monitor = Monitor(cfg.trainer.monitor)
+    if monitor == Monitor.val_accuracy_normal and CLASS_NAMES.index("normal") not in labels:
+        raise UserError(f"trainer.monitor={monitor.value}: the validation split ({splits.valid.source}) has no normal "
+                        f"cells, so it is undefined; monitor another score (trainer.monitor=val_loss)")  # fmt: skip

@@ -21,7 +21,13 @@ from leukemia.config import GROUPS, TTA, Config, check_config
 from leukemia.data.layouts import load_splits
 from leukemia.errors import UserError
 from leukemia.models import build_model, load_trained, read_state_dict
-from leukemia.tasks.context import command_line_overrides, launch_context, override_key, sweep_job_number
+from leukemia.tasks.context import (
+    check_fits_data,
+    command_line_overrides,
+    launch_context,
+    override_key,
+    sweep_job_number,
+)
 from leukemia.tasks.scoring import Evaluator
 from leukemia.tracking.runs import tracked_run
 from leukemia.tracking.store import Store
@@ -94,6 +100,7 @@ def evaluate(composed: DictConfig) -> dict[str, float]:
     model = build_model(run_cfg.model.depth, run_cfg.model.num_classes)
     load_trained(model, source.state, source.label, run_cfg.model.name)
     splits = load_splits(run_cfg.data)
+    check_fits_data(run_cfg, splits)
     test = splits.test
     if test is None:
         raise UserError(

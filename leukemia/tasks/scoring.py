@@ -66,6 +66,7 @@ class Evaluator:
                           cfg.eval.batch_factor, skip_bad=False)  # fmt: skip
         raw = predict(self.runnable, feed.loader, self.device, TTA(cfg.eval.tta) == TTA.flips, description,
                       cfg.trainer.progress, feed.prepare, **self.acceleration.step)  # fmt: skip
+        raw = raw.in_manifest_order(len(split))  # row i of every table is the split's file i
         targets = None if split.labels is None else raw.targets
         return Scored(prefix, self.run.name, split.name, raw.log_probabilities, targets, split.subjects)
 

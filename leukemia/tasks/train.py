@@ -45,7 +45,14 @@ from leukemia.names import (
     interval,
     of,
 )
-from leukemia.tasks.context import command_line_overrides, launch_context, output_dir, sweep_job_number, sweep_run_id
+from leukemia.tasks.context import (
+    check_fits_data,
+    command_line_overrides,
+    launch_context,
+    output_dir,
+    sweep_job_number,
+    sweep_run_id,
+)
 from leukemia.tasks.resume import CHECKPOINT_TAG, ResumePoint, log_unlogged_epochs, requeued_run, resume_point
 from leukemia.tasks.scoring import Evaluator
 from leukemia.tracking.cell_model import MODEL_NAME, Preprocessing
@@ -233,6 +240,7 @@ def _prepare(composed: DictConfig, hold: ExitStack) -> tuple[ResumePoint | None,
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device, sweep_job_number())
     splits = load_splits(cfg.data)
+    check_fits_data(cfg, splits)
     return resumed, composed, Trainer(cfg, splits, device), splits
 
 

@@ -5,7 +5,7 @@ and loaded, with one line for each way it can be missing."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import mlflow
@@ -20,6 +20,7 @@ from leukemia.tracking.store import Store, client_of, located, quiet_downloads, 
 CHAMPION = "champion"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 REGISTERED = re.compile(r"models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?")
+PAGE = 1000  # model versions per search page
 FORMS = "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model or a bare run id"
 
 
@@ -43,16 +44,16 @@ class Version:
         return f"{where} (version {self.version}, run {self.run_id})"
 
 
-@retry_when_locked
-def crown(uri: str, name: str, run_id: str) -> Version:
-    """Give the ``champion`` alias to the newest version of ``name`` that run ``run_id`` registered."""
-    client = client_of(uri)
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if not versions:
-        raise UserError(f"registry.name={name}: run {run_id} registered no version of it; nothing to crown")
-    best = max(versions, key=lambda version: int(version.version))
-    client.set_registered_model_alias(name, CHAMPION, best.version)
-    return Version(name, str(best.version), run_id, champion=True)
+def search_versions(client: MlflowClient, keep: Callable[[ModelVersion], bool]) -> list[ModelVersion]:
+    """The registry's versions that ``keep`` accepts, oldest first. No filter string: a name or id is compared
+    here, never pasted into MLflow's query syntax (which a quote in a name would break)."""
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(max_results=PAGE, page_token=token)
+        found += [version for version in page if keep(version)]
+        token = page.token
+        if not token:
+            return sorted(found, key=lambda version: (version.name, int(version.version)))
 
 
 def versions_of(uri: str, run_ids: list[str]) -> list[Version]:
@@ -60,8 +61,7 @@ def versions_of(uri: str, run_ids: list[str]) -> list[Version]:
     if not run_ids:
         return []
     client = client_of(uri)
-    quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
-    found = client.search_model_versions(f"run_id IN ({quoted})")
+    found = search_versions(client, lambda version: version.run_id in set(run_ids))
     # Search results carry no aliases: the registered model holds them.
     crowned = {name: str(client.get_registered_model(name).aliases.get(CHAMPION)) for name in {v.name for v in found}}
     return [Version(v.name, str(v.version), v.run_id, crowned[v.name] == str(v.version)) for v in found]
@@ -76,16 +76,16 @@ def model_uri(reference: str) -> str:
     raise UserError(f"predict.model={reference}: not a model reference; give {FORMS}")
 
 
-def _check_registered(client: MlflowClient, uri: str, reference: str) -> None:
-    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names a registered model and one of its
-    versions (a logged model's own ``models:/m-<id>`` is left to the loader)."""
+def _registered(client: MlflowClient, uri: str, reference: str) -> ModelVersion | None:
+    """The version ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names, checked to exist (None for a
+    logged model's own ``models:/m-<id>``, left to the loader)."""
     found = REGISTERED.fullmatch(reference)
     if found is None:
         raise UserError(f"predict.model={reference}: not a model reference; give {FORMS}")
     name, alias, version = found.group("name", "alias", "version")
     if alias is None and version is None:
         if name.startswith("m-"):  # a logged model's own id
-            return
+            return None
         raise UserError(f"predict.model={reference}: names no version; add @<alias> or /<version> (e.g. "
                         f"models:/{name}@{CHAMPION})")  # fmt: skip
     try:
@@ -95,24 +95,39 @@ def _check_registered(client: MlflowClient, uri: str, reference: str) -> None:
         raise UserError(f"predict.model={reference}: no registered model '{name}' in {uri} (registered: {known}); "
                         f"register one with registry.name=<name> when training") from error  # fmt: skip
     try:
-        client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as error:
         aliases = client.get_registered_model(name).aliases  # search results carry none
-        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        versions = [int(v.version) for v in search_versions(client, lambda v: v.name == name)]
         listed = ", ".join(str(v) + "".join(f" @{a}" for a, of in aliases.items() if int(of) == v) for v in versions)
         what = f"alias @{alias}" if alias else f"version {version}"
         raise UserError(f"predict.model={reference}: '{name}' has no {what} (versions: {listed})") from error
 
 
-def load(uri: str, reference: str) -> tuple[CellModel, str]:
-    """The cell model ``predict.model`` names (see ``FORMS``) from the store at ``uri``, and its URI."""
+@dataclass(frozen=True)
+class Loaded:
+    """The model ``predict.model`` named, the URI it was loaded from (an alias resolved to its version, once, so
+    the model used is the one recorded) and what that is: ``model_uri``, ``model_version``, ``model_run_id``."""
+
+    model: CellModel
+    uri: str
+    record: dict[str, str]
+
+
+def load(uri: str, reference: str) -> Loaded:
+    """The cell model ``predict.model`` names (see ``FORMS``) from the store at ``uri``."""
     resolved = model_uri(reference)
     client = client_of(uri)
+    record = {"model_uri": resolved}
     if resolved.startswith("runs:/"):
         run = Store(uri).run(resolved.split("/")[1], key="predict.model")
         missing = f"run {run.id} ({run.name}, {run.status}) has no logged model '{MODEL_NAME}'"
+        record["model_run_id"] = run.id
     else:
-        _check_registered(client, uri, resolved)
+        version = _registered(client, uri, resolved)
+        if version is not None:
+            resolved = f"models:/{version.name}/{version.version}"
+            record = {"model_uri": resolved, "model_version": str(version.version), "model_run_id": version.run_id}
         missing = f"predict.model={reference}: no model found there"
     mlflow.set_tracking_uri(located(uri))
     try:
@@ -124,4 +139,4 @@ def load(uri: str, reference: str) -> tuple[CellModel, str]:
     model = loaded.unwrap_python_model()
     if not isinstance(model, CellModel):
         raise UserError(f"predict.model={reference}: a {type(model).__name__}, not a model task=train logged")
-    return model, resolved
+    return Loaded(model, resolved, record)

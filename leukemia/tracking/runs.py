@@ -3,6 +3,7 @@ seeded) and always closed with a final status: FINISHED, FAILED on an error, KIL
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -59,6 +60,9 @@ def artifact_link(ui_url: str, experiment_id: str, run_id: str, artifact: str) -
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{artifact}"
 
 
+UNDEFINED = "absent: undefined on this split (it holds one class, or too few cells)"
+
+
 class Run:
     """An open MLflow run: what a task logs goes through here, addressed by the run's id (no global active run)."""
 
@@ -84,8 +88,10 @@ class Run:
 
     @retry_when_locked
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """The finite ones: a score a split leaves undefined (NaN) is absent, never logged as a number."""
         now = get_current_time_millis()
-        self.client.log_batch(self.id, metrics=[Metric(key, value, now, step or 0) for key, value in metrics.items()])
+        finite = [Metric(key, value, now, step or 0) for key, value in metrics.items() if math.isfinite(value)]
+        self.client.log_batch(self.id, metrics=finite)
 
     @retry_when_locked
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -112,10 +118,12 @@ class Run:
         self.client.log_figure(self.id, figure, artifact_file)
 
     def log_report(self, report: Report) -> None:
-        """An evaluation's report: its metrics and tags, its tables as CSV, its figures, its records as JSON."""
+        """An evaluation's report: its metrics and tags, its tables as CSV, its figures, its records as JSON. A
+        metric the split leaves undefined is absent, and a tag of its name says so."""
         self.log_metrics(report.metrics)
-        if report.tags:
-            self.set_tags(report.tags)
+        undefined = {key: UNDEFINED for key, value in report.metrics.items() if not math.isfinite(value)}
+        if undefined | report.tags:
+            self.set_tags(undefined | report.tags)
         for artifact_file, table in report.tables.items():
             self.log_text(table.to_csv(index=False), artifact_file)
         for artifact_file, figure in report.figures.items():

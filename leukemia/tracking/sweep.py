@@ -60,7 +60,13 @@ class SweepCallback(Callback):
         atexit.register(self.run.close, "KILLED")  # a sweep stopped before its end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.run.honour_best(config)
+        try:
+            self.run.honour_best(config)
+        except Exception as error:  # the store refused a write or a read: the sweep's run ends FAILED, said why
+            self.run.close("FAILED")
+            atexit.unregister(self.run.close)
+            sys.exit(f"error: the sweep's jobs ended, but naming its best job failed: {type(error).__name__}: "
+                     f"{str(error).strip().splitlines()[0]}")  # fmt: skip
         failed = job_failures(Path(self.sweep_dir))
         self.run.close("FAILED" if failed else "FINISHED")
         atexit.unregister(self.run.close)  # closed: nothing left for the exit to do

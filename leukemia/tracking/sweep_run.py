@@ -5,6 +5,7 @@ folds them), and at the end it names the best job, which an Optuna search tags i
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -12,7 +13,8 @@ from omegaconf import DictConfig
 
 from leukemia.errors import UserError
 from leukemia.names import best
-from leukemia.tracking.registry import crown
+from leukemia.tracking.champion import DECISION_TAG, offer, unfit
+from leukemia.tracking.registry import CHAMPION
 from leukemia.tracking.runs import run_link
 from leukemia.tracking.store import RunRecord, Store, client_of, ensure_experiment, retry_when_locked, ui_base
 from leukemia.tracking.sweep_folder import record_sweep_run
@@ -21,21 +23,23 @@ from leukemia.training.schema import Monitor
 log = logging.getLogger(__name__)
 
 
-def best_job(config: DictConfig, sweep_dir: str) -> RunRecord | None:
-    """The sweep's finished job with the best ``trainer.monitor`` value, named in the log with its link."""
+def ranked_jobs(config: DictConfig, sweep_dir: str) -> list[RunRecord]:
+    """The sweep's finished jobs with a finite ``trainer.monitor`` value, best first; the best named in the log
+    with its link."""
     store = Store(config.tracking.uri)
     monitor = Monitor(config.trainer.monitor)
     key = best(monitor.value)
     jobs = [run for run in store.runs(config.tracking.experiment)
-            if run.tags.get("sweep_id") == sweep_dir and key in run.metrics]  # fmt: skip
+            if run.tags.get("sweep_id") == sweep_dir and math.isfinite(run.metrics.get(key, math.nan))]  # fmt: skip
     if not jobs:
-        log.warning("no finished job of this sweep is in %s", config.tracking.uri)
-        return None
-    chosen = (min if monitor.direction == "minimize" else max)(jobs, key=lambda run: run.metrics[key])
+        log.warning("no finished job of this sweep with a finite %s is in %s", key, config.tracking.uri)
+        return []
+    jobs.sort(key=lambda run: run.metrics[key], reverse=monitor.direction == "maximize")
+    chosen = jobs[0]
     link = run_link(ui_base(config.tracking.uri, config.tracking.ui_url), chosen.experiment_id, chosen.id)
     log.info("best job of %d: %s, %s %.4f, overrides: %s; open %s", len(jobs), chosen.name, monitor.value,
              chosen.metrics[key], chosen.tags.get("overrides", ""), link)  # fmt: skip
-    return chosen
+    return jobs
 
 
 class SweepRun:
@@ -58,19 +62,31 @@ class SweepRun:
     def honour_best(self, config: DictConfig) -> None:
         """The best job recorded on the sweep's run, tagged the best trial of an Optuna search and, with
         ``registry.name``, its version made the champion."""
-        chosen = best_job(config, self.sweep_dir)
-        if chosen is None:
+        jobs = ranked_jobs(config, self.sweep_dir)
+        if not jobs:
             return
-        key = best(Monitor(config.trainer.monitor).value)
+        chosen, monitor = jobs[0], Monitor(config.trainer.monitor)
+        key = best(monitor.value)
         retry_when_locked(self.client.set_tag)(self.run_id, "best_run", chosen.id)
         retry_when_locked(self.client.log_metric)(self.run_id, key, chosen.metrics[key])
         if "study_name" in config.hydra.sweeper:
             Store(config.tracking.uri).tag(chosen.id, "best_trial", "true")
         if config.registry.name:
-            try:
-                log.info("champion: %s", crown(config.tracking.uri, config.registry.name, chosen.id))
-            except UserError as error:
-                log.warning("%s", error.one_line())
+            self.offer_champion(config, jobs, monitor)
+
+    def offer_champion(self, config: DictConfig, jobs: list[RunRecord], monitor: Monitor) -> None:
+        """The best job's version that may hold ``@champion`` offered it (see ``tracking.champion``); the decision
+        logged and tagged on the sweep's run."""
+        fit = [job for job in jobs if not unfit(job.metrics, monitor)]
+        offered = (fit or jobs)[0]  # with none that may hold it, the best, which the rule then turns down
+        for job in jobs[: jobs.index(offered)]:  # better jobs passed over
+            log.warning("job %s may not hold @%s: %s", job.name, CHAMPION, unfit(job.metrics, monitor))
+        try:
+            why = offer(config.tracking.uri, config.registry.name, offered.id, monitor).why
+        except UserError as error:
+            why = error.one_line()
+        log.info("champion: %s", why)
+        retry_when_locked(self.client.set_tag)(self.run_id, DECISION_TAG, why)
 
     def close(self, status: str) -> None:
         """End the run FINISHED, FAILED or KILLED (once: the exit handler then finds it closed)."""

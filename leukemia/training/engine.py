@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from leukemia.data.loading import Batch
+from leukemia.data.loading import Batch, SkippedImage
 from leukemia.evaluation.decision import log_probabilities as network_log_probabilities
 
 
@@ -109,7 +109,7 @@ def run_epoch(
     bar = tqdm(batches, desc=description, leave=False, disable=not progress, unit="batch")
     with torch.set_grad_enabled(training):
         for number, batch in enumerate(bar, start=1):
-            skipped += batch.skipped
+            skipped += [item.description for item in batch.skipped]
             if len(batch.labels) < (MIN_TRAINING_BATCH if training else 1):
                 continue
             images = model_input(batch.images, device, prepare, channels_last)
@@ -144,11 +144,20 @@ class Predictions:
     # (images, classes) log-softmax: exact where a softmax rounds to 0 or 1, so a temperature can rescale it
     log_probabilities: np.ndarray
     targets: np.ndarray  # -1 where the split is unlabelled
-    skipped: list[str] = field(default_factory=list)
+    rows: np.ndarray  # each prediction's row in the split's manifest, as its batch carried it
+    skipped: list[SkippedImage] = field(default_factory=list)
 
     @property
     def probabilities(self) -> np.ndarray:
         return np.exp(self.log_probabilities)
+
+    def in_manifest_order(self, size: int) -> Predictions:
+        """The predictions placed at their rows of a ``size``-row manifest, which each must fill once: what makes
+        row ``i`` of every table written from them the prediction of the manifest's file ``i``."""
+        if sorted(self.rows.tolist()) != list(range(size)):
+            raise RuntimeError(f"{len(self.rows)} predictions for {size} rows do not cover each row once")
+        order = np.argsort(self.rows, kind="stable")
+        return Predictions(self.log_probabilities[order], self.targets[order], self.rows[order], self.skipped)
 
 
 @torch.inference_mode()
@@ -163,10 +172,10 @@ def predict(
     amp: bool = False,
     channels_last: bool = False,
 ) -> Predictions:
-    """Class log-probabilities for every image of the loader, in order (the decision's, with its flip
-    test-time augmentation when ``flips``)."""
+    """Class log-probabilities for every image of the loader, with each one's manifest row, in the loader's
+    order (the decision's, with its flip test-time augmentation when ``flips``); the files it skipped."""
     model.eval()
-    log_probabilities, targets, skipped = [], [], []
+    log_probabilities, targets, rows, skipped = [], [], [], []
     for batch in tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch"):
         skipped += batch.skipped
         if not len(batch.labels):
@@ -174,7 +183,9 @@ def predict(
         images = model_input(batch.images, device, prepare, channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             log_probabilities.append(network_log_probabilities(model, images, flips).cpu())
-        targets.append(batch.labels)
+        targets.append(batch.labels.cpu())
+        rows.append(batch.rows.cpu())
     if not log_probabilities:
-        return Predictions(np.empty((0, 0)), np.empty(0, dtype=np.int64), skipped)
-    return Predictions(torch.cat(log_probabilities).numpy(), torch.cat(targets).numpy(), skipped)
+        empty = np.empty(0, dtype=np.int64)
+        return Predictions(np.empty((0, 0)), empty, empty, skipped)
+    return Predictions(*(torch.cat(parts).numpy() for parts in (log_probabilities, targets, rows)), skipped)

@@ -118,6 +118,7 @@ class Progress:
 
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> str:
+    metrics = {"val_accuracy_normal": math.nan} | metrics  # absent where the validation split has no normal cell
     return (
         f"epoch {epoch}/{epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_accuracy']:.4f} | "
         f"val loss {metrics['val_loss']:.4f} acc {metrics['val_accuracy']:.4f} "

@@ -18,9 +18,10 @@ from leukemia.data.manifest import (
     Splits,
     check_labels,
     first_few,
-    is_image_file,
+    image_files_in,
     missing_files_error,
     read_csv_columns,
+    resolved,
 )
 from leukemia.data.schema import DataConfig
 from leukemia.data.splitting import split_by_subject
@@ -76,11 +77,6 @@ def parse_cell_name(name: str) -> tuple[str, int] | None:
     return match["subject"].upper(), KIND_LABELS[match["kind"].lower()]
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (hidden files such as .DS_Store and non-images ignored), sorted."""
-    return sorted(path for path in folder.iterdir() if is_image_file(path))
-
-
 @dataclass(frozen=True)
 class Cell:
     path: Path
@@ -121,14 +117,14 @@ def training_cells(training: Path) -> list[Cell]:
     for fold, fold_path in folds:
         for class_path in sorted(p for p in fold_path.iterdir() if p.is_dir() and p.name.lower() in KIND_LABELS):
             folder_label = KIND_LABELS[class_path.name.lower()]
-            for path in image_files(class_path):
+            for path in image_files_in(class_path, recursive=False):
                 parsed = parse_cell_name(path.name)
                 if parsed is None:
                     unnamed.append(path)
                 elif parsed[1] != folder_label:
                     contradicted.append(path)
                 else:
-                    cells.append(Cell(path.resolve(), parsed[0], folder_label, fold))
+                    cells.append(Cell(resolved(path), parsed[0], folder_label, fold))
     if unnamed:
         raise UserError(
             f"{training}: {len(unnamed)} image names do not follow UID_<subject>_<image>_<cell>_<all|hem> "
@@ -178,25 +174,25 @@ def prelim_test(folder: Path) -> Manifest:
         )
     table = read_csv_columns(csv_path, PRELIM_COLUMNS, "test")
     labels = check_labels(table, "labels", str(csv_path))
-    paths = [(folder / str(name)).resolve() for name in table["new_names"]]
+    paths = [resolved(folder / name) for name in table["new_names"]]
     error = missing_files_error(paths, str(csv_path), f"'new_names' are read relative to {folder}")
     if error:
         raise error
-    parsed = [parse_cell_name(str(name)) for name in table["Patient_ID"]]
-    unnamed = [str(name) for name, found in zip(table["Patient_ID"], parsed, strict=True) if found is None]
+    parsed = [parse_cell_name(name) for name in table["Patient_ID"]]
+    unnamed = [name for name, found in zip(table["Patient_ID"], parsed, strict=True) if found is None]
     if unnamed:
         raise UserError(
             f"{csv_path}: {len(unnamed)} 'Patient_ID' values are not C-NMC names (first: {first_few(unnamed)}); "
             f"expected UID_<subject>_<image>_<cell>_<all|hem>.bmp"
         )
-    ids = table["new_names"].astype(str).tolist()
+    ids = table["new_names"].tolist()
     return Manifest("test", paths, labels, [subject for subject, _ in parsed], str(csv_path), ids)
 
 
 def final_test(folder: Path) -> Manifest:
     """The final test set: unlabelled ``<n>.bmp`` files, in natural order (2.bmp before 10.bmp)."""
-    paths = sorted(image_files(folder), key=lambda path: (len(path.stem), path.stem))
-    return Manifest("test", [path.resolve() for path in paths], None, None, str(folder))
+    paths = sorted(image_files_in(folder, recursive=False), key=lambda path: (len(path.stem), path.stem))
+    return Manifest("test", [resolved(path) for path in paths], None, None, str(folder))
 
 
 def test_manifest(root: Path, test_set: CnmcTestSet) -> Manifest | None:

@@ -12,10 +12,12 @@ from leukemia.data.layouts.lab import data_root
 from leukemia.data.manifest import (
     Manifest,
     Splits,
+    blank,
     check_labels,
     first_few,
     listed_files,
     read_csv_columns,
+    subject_column,
 )
 from leukemia.data.schema import DataConfig
 from leukemia.errors import UserError
@@ -48,19 +50,14 @@ def csv_splits(data_cfg: CsvDataConfig) -> Splits:
     validation split to ``load_splits`` (a cross-validation fold)."""
     csv_path = data_root(data_cfg, "csv_root", data_cfg.manifest) / data_cfg.manifest
     table = read_csv_columns(csv_path, ["path", "label"], "train")
-    split = table.get("split", pd.Series("", index=table.index)).fillna("").astype(str).str.strip().str.lower()
+    split = table.get("split", pd.Series("", index=table.index)).str.strip().str.lower()
     split = split.replace("", "train")
     bad = split[~split.isin(MANIFEST_SPLITS)]
     if not bad.empty:
         raise _rows_error(csv_path, "split", table["split"][bad.index], "must be train, valid, test or empty")
-    subjects = None
-    if "subject" in table.columns and table["subject"].notna().any():
-        unnamed = table["subject"][table["subject"].isna()]
-        if not unnamed.empty:
-            raise _rows_error(csv_path, "subject", unnamed, "must name every row's subject, or none")
-        subjects = table["subject"].astype(str).tolist()
+    subjects = subject_column(table, str(csv_path), unknown_allowed=False)
     paths = listed_files(table, "path", csv_path)
-    whole = Manifest("all", paths, None, subjects, str(csv_path), table["path"].astype(str).tolist())
+    whole = Manifest("all", paths, None, subjects, str(csv_path), table["path"].tolist())
 
     def rows(name: str, labelled: bool) -> Manifest | None:
         index = [i for i, value in enumerate(split) if value == name]
@@ -70,9 +67,10 @@ def csv_splits(data_cfg: CsvDataConfig) -> Splits:
         return replace(whole.select(index, name=name), labels=labels)
 
     test_labels = table["label"][split == "test"]
-    test = rows("test", labelled=test_labels.notna().all())
-    if test is not None and test.labels is None and test_labels.notna().any():
-        raise _rows_error(csv_path, "label", test_labels[test_labels.isna()], "must be given on all test rows or none")
+    unlabelled = blank(test_labels)
+    test = rows("test", labelled=not unlabelled.any())
+    if test is not None and test.labels is None and not unlabelled.all():
+        raise _rows_error(csv_path, "label", test_labels[unlabelled], "must be given on all test rows or none")
     train = rows("train", labelled=True)
     if train is None:
         raise UserError(f"{csv_path}: no training rows (split empty or 'train'); the train split needs images")

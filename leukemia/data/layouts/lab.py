@@ -17,6 +17,8 @@ from leukemia.data.manifest import (
     first_few,
     missing_files_error,
     read_csv_columns,
+    resolved,
+    subject_column,
 )
 from leukemia.data.schema import DataConfig
 from leukemia.errors import UserError
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 
 PATH_COLUMN = "Path"
 LABEL_COLUMN = "label"
-SUBJECT_COLUMN = "subject"  # optional; the demo writes it
 
 
 def _resolve_paths(values: pd.Series, csv_path: Path) -> list[Path]:
@@ -51,9 +52,9 @@ def _resolve_paths(values: pd.Series, csv_path: Path) -> list[Path]:
     or to the folder above it (the CSV sits inside ``new_dataset/`` but names ``./new_dataset/...``)."""
     check_filled(values.to_frame(), PATH_COLUMN, str(csv_path))
     bases = [csv_path.parent, csv_path.parent.parent]
-    first = Path(str(values.iloc[0]))
+    first = Path(values.iloc[0])
     base = next((b for b in bases if (b / first).is_file()), bases[0])
-    paths = [(base / str(value)).resolve() for value in values]
+    paths = [resolved(base / value) for value in values]
     error = missing_files_error(
         paths, str(csv_path), f"'{PATH_COLUMN}' values are read relative to {bases[0]} or {bases[1]}"
     )
@@ -66,24 +67,24 @@ def read_lab_csv(csv_path: Path, split: str, labelled: bool) -> Manifest:
     """Read one CSV of the lab layout: ``Path,label[,subject]`` (train/valid) or ``Path`` (test)."""
     table = read_csv_columns(csv_path, [PATH_COLUMN, LABEL_COLUMN] if labelled else [PATH_COLUMN], split)
     labels = check_labels(table, LABEL_COLUMN, str(csv_path)) if labelled else None
-    subjects = table[SUBJECT_COLUMN].astype(str).tolist() if SUBJECT_COLUMN in table.columns else None
+    subjects = subject_column(table, str(csv_path), unknown_allowed=False)  # optional; the demo writes it
     paths = _resolve_paths(table[PATH_COLUMN], csv_path)
-    return Manifest(split, paths, labels, subjects, str(csv_path), table[PATH_COLUMN].astype(str).tolist())
+    return Manifest(split, paths, labels, subjects, str(csv_path), table[PATH_COLUMN].tolist())
 
 
 def with_test_labels(test: Manifest, labels_csv: Path) -> Manifest:
     """The test split with labels (and subjects) from a ``Path,label`` CSV that covers every test image."""
     table = read_csv_columns(labels_csv, [PATH_COLUMN, LABEL_COLUMN], "test")
-    labels = dict(zip(table[PATH_COLUMN].astype(str), check_labels(table, LABEL_COLUMN, str(labels_csv)), strict=True))
+    labels = dict(zip(table[PATH_COLUMN], check_labels(table, LABEL_COLUMN, str(labels_csv)), strict=True))
     unlabelled = [identifier for identifier in test.identifiers() if identifier not in labels]
     if unlabelled:
         raise UserError(
             f"{labels_csv}: no label for {len(unlabelled)} of {len(test)} rows of {test.source} "
             f"(first: {first_few(unlabelled)}); its 'Path' values must match the test CSV's"
         )
-    subjects = None
-    if SUBJECT_COLUMN in table.columns:
-        subject_of = dict(zip(table[PATH_COLUMN].astype(str), table[SUBJECT_COLUMN].astype(str), strict=True))
+    subjects = subject_column(table, str(labels_csv), unknown_allowed=False)
+    if subjects is not None:
+        subject_of = dict(zip(table[PATH_COLUMN], subjects, strict=True))
         subjects = [subject_of[identifier] for identifier in test.identifiers()]
     return replace(test, labels=[labels[identifier] for identifier in test.identifiers()], subjects=subjects)
 
