@@ -187,3 +187,16 @@ def test_real_cells_in_a_published_tree(tmp_path):
         for subject, label in zip(manifest.subjects, manifest.labels, strict=True):
             assert table.loc[[subject], "label"].iloc[0] == label
     assert splits.test is None
+
+
+def test_a_symlink_loop_in_the_tree_is_left_out_of_the_walk_and_named_when_a_csv_lists_it(tmp_path, caplog):
+    root = write_cnmc_tree(tmp_path)
+    (root / "training_data" / "fold_0" / "all" / "UID_1_9_1_all.bmp").symlink_to("UID_1_9_1_all.bmp")
+    splits = cnmc_splits(cnmc_cfg(root))  # the walk reads the tree's files, and warns of the loop
+    assert "UID_1_9_1_all.bmp" not in {path.name for path in splits.train.paths}
+    assert "1 image names are no file to read" in caplog.text
+    prelim = root / "validation_data" / "C-NMC_test_prelim_phase_data"
+    (prelim / "1.bmp").unlink()
+    (prelim / "1.bmp").symlink_to("1.bmp")
+    with pytest.raises(UserError, match=r"1 of 6 image files do not exist \(first: .*1.bmp\)"):
+        cnmc_splits(cnmc_cfg(root))

@@ -96,7 +96,7 @@ def _damage(pixels_path: Path, meta_path: Path, key: str, shape: tuple[int, ...]
                 return "an array header of an unknown version"
             stored, fortran, dtype = reader(file)
             offset = file.tell()
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+    except Exception as error:  # whatever a garbled header or JSON raises (numpy parses the header as Python)
         return f"unreadable ({type(error).__name__}: {str(error).strip()[:80]})"
     expected = offset + int(np.prod(shape))
     if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("skipped"), dict):
@@ -107,23 +107,25 @@ def _damage(pixels_path: Path, meta_path: Path, key: str, shape: tuple[int, ...]
     return "" if size == expected else f"{size} bytes where {expected} were written (truncated or changed)"
 
 
-def _reserve(partial: Path, size: int, folder: Path, split: str) -> None:
-    """The whole file's blocks taken on disk now: a full disk is this one line, not a SIGBUS while the
-    memory-mapped array is written."""
-    descriptor = os.open(partial, os.O_RDWR)
-    try:
-        os.posix_fallocate(descriptor, 0, size)
-    except OSError as error:
-        if error.errno not in NO_SPACE:
-            raise
-        free = shutil.disk_usage(folder).free
-        raise UserError(
-            f"{folder}: no room for the decode cache of the {split} split ({size / 1e6:.0f} MB needed, "
-            f"{free / 1e6:.0f} MB free); free space there, point paths.cache_dir at another disk, or set "
-            f"data.cache=none to decode every image in every epoch instead"
-        ) from error
-    finally:
-        os.close(descriptor)
+def _allocated(partial: Path, shape: tuple[int, ...], split: str) -> np.memmap:
+    """An empty uint8 array of ``shape`` in a new .npy file, its every block taken on disk before it is mapped:
+    a full disk is this one line, not a SIGBUS while the mapped array is written."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+    with open(partial, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, header)
+        size = file.tell() + int(np.prod(shape))
+        try:
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as error:
+            if error.errno not in NO_SPACE:
+                raise
+            folder, free = partial.parent, shutil.disk_usage(partial.parent).free
+            raise UserError(
+                f"{folder}: no room for the decode cache of the {split} split ({size / 1e6:.0f} MB needed, "
+                f"{free / 1e6:.0f} MB free); free space there, point paths.cache_dir at another disk, or set "
+                f"data.cache=none to decode every image in every epoch instead"
+            ) from error
+    return np.lib.format.open_memmap(partial, mode="r+")
 
 
 def _build(manifest: Manifest, crop_size: int | None, image_size: int, workers: int, skip_bad: bool,
@@ -134,8 +136,7 @@ def _build(manifest: Manifest, crop_size: int | None, image_size: int, workers: 
     partial = pixels_path.with_name(f"{pixels_path.name}.{os.getpid()}.partial")
     shape = (len(manifest), 3, image_size, image_size)
     try:
-        target = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
-        _reserve(partial, target.offset + target.nbytes, pixels_path.parent, manifest.name)
+        target = _allocated(partial, shape, manifest.name)
         skipped = _decode_into(target, manifest, crop_size, workers, skip_bad)
         target.flush()
         size = target.offset + target.nbytes
