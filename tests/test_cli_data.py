@@ -165,3 +165,51 @@ def test_demo_run_trains_end_to_end_with_subjects_in_its_summary(tmp_path):
     params = run.data.params
     assert (params["dataset.train.subjects"], params["dataset.valid.subjects"]) == ("3", "2")
     assert (params["dataset.train.images"], params["dataset.test.images"]) == ("12", "8")
+
+
+def edge_lab(folder: Path, change) -> Path:
+    """A small lab set with test labels (all ALL: a test split of one class), changed by ``change(root)``."""
+    root = write_lab_layout(folder / "lab", {"train": 32, "valid": 16, "test": 8})
+    test = pd.read_csv(root / "resnet_18_test.csv")
+    test.assign(label=1).to_csv(root / "test_labels.csv", index=False)
+    change(root)
+    return root
+
+
+EDGE_CASES = {
+    # an unreadable validation image under data.on_bad_image=skip: left out of every validation pass, calibration
+    # included; the one-class test split gets its defined scores, the others absent with a reason
+    "skip-valid-one-class-test": (lambda root: (root / "valid" / "3.bmp").write_bytes(b"broken"),
+                                  ("data.on_bad_image=skip",), 0, ""),
+    # the test split may skip nothing: found before training, not after it
+    "unreadable-test": (lambda root: (root / "test" / "2.bmp").write_bytes(b"broken"), ("data.on_bad_image=skip",),
+                        1, "test/2.bmp: cannot be read as an image"),
+    "unreadable-test-no-cache": (lambda root: (root / "test" / "2.bmp").write_bytes(b"broken"),
+                                 ("data.cache=none",), 1, "test/2.bmp: cannot be read as an image"),
+    "balanced-one-class-valid": (
+        lambda root: pd.read_csv(root / "valid.csv").assign(label=1).to_csv(root / "valid.csv", index=False),
+        ("eval.threshold=balanced",), 1, "eval.threshold=balanced: the validation split holds one class only"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+def test_awkward_splits_train_and_evaluate_or_are_refused_before_any_run(tmp_path, case):
+    change, overrides, code, message = EDGE_CASES[case]
+    root = edge_lab(tmp_path, change)
+    result = run_cli(*FAST, f"data.root={root}", "data.test_labels_csv=test_labels.csv", "trainer.epochs=1",
+                     f"paths.cache_dir={tmp_path / 'cache'}", *overrides, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    if code:
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last, last
+        assert runs_of(tmp_path)[1] == []  # refused before the run opened, before the first epoch
+        return
+    client, run = only_run(tmp_path)
+    metrics, tags = run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED" and metrics["test_accuracy"] >= 0 and metrics["test_sensitivity"] >= 0
+    assert "test_roc_auc" not in metrics and tags["test_roc_auc"].startswith("absent: undefined")
+    assert "test_specificity" not in metrics and "test_accuracy_normal" not in metrics  # no normal test cell
+    assert all(value == value for value in metrics.values())  # no NaN logged as a number
+    predictions = pd.read_csv(Path(tags["output_dir"]) / "predictions.csv", dtype={"ID": str})
+    assert predictions["ID"].tolist() == pd.read_csv(root / "resnet_18_test.csv")["Path"].tolist()

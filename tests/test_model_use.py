@@ -149,21 +149,22 @@ def test_predict_on_a_folder_scores_every_image_under_it_as_one_run(trained, tmp
 def test_predict_on_a_csv_keeps_its_order_diagnoses_its_subjects_and_explains_each_image(trained, tmp_path):
     folder, root, run = trained
     order = [5, 0, 11, 3]
-    table = pd.DataFrame({"path": [f"test/{index}.bmp" for index in order], "subject": ["P1", "P1", "P2", "P3"]})
+    # subjects as a hospital writes them: "7" and "007" are two patients, a blank cell is a cell of no known one
+    table = pd.DataFrame({"path": [f"test/{index}.bmp" for index in order], "subject": ["7", "7", "007", ""]})
     table.to_csv(root / "new.csv", index=False)
     result = run_cli("task=predict", f"predict.model={run.info.run_id}", f"predict.input={root / 'new.csv'}",
                      f"predict.output={tmp_path / 'out.csv'}", "predict.explain=true", cwd=folder)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    scored = pd.read_csv(tmp_path / "out.csv")
+    scored = pd.read_csv(tmp_path / "out.csv", dtype={"subject": str}, keep_default_na=False)
     assert list(scored.columns) == ["path", "probability_all", "label", "subject", "gradcam"]
     assert scored["path"].tolist() == table["path"].tolist() and scored["subject"].tolist() == table["subject"].tolist()
     expected = predictions_of_training(run).iloc[order]
     np.testing.assert_allclose(scored["probability_all"], expected["probability_all"], atol=1e-5)
     threshold = run.data.metrics["threshold"]
     assert scored["label"].tolist() == (scored["probability_all"] >= threshold).astype(int).tolist()
-    subjects = pd.read_csv(tmp_path / "out_subjects.csv")
-    assert subjects["subject"].tolist() == ["P1", "P2", "P3"] and subjects["cells"].tolist() == [2, 1, 1]
-    means = scored.groupby("subject")["probability_all"].mean()
+    subjects = pd.read_csv(tmp_path / "out_subjects.csv", dtype={"subject": str}, keep_default_na=False)
+    assert subjects["subject"].tolist() == ["007", "7"] and subjects["cells"].tolist() == [1, 2]  # no "nan", no 7.0
+    means = scored[scored["subject"] != ""].groupby("subject")["probability_all"].mean()
     np.testing.assert_allclose(subjects["mean_probability_all"], means, atol=1e-9)
     assert subjects["predicted_label"].tolist() == (means >= threshold).astype(int).tolist()
     overlays = sorted((tmp_path / "out_gradcam").iterdir())
@@ -229,18 +230,23 @@ def test_bad_model_references_and_inputs_fail_in_one_line(trained, tmp_path):
         bare: f"run {bare} (no-model, FINISHED) has no logged model 'model'",
         "cells": "predict.model=cells: not a model reference",
     }
+    listed = tmp_path / "listed.csv"
+    listed.write_text(f"path,label,comment\n{root / 'test' / '0.bmp'},1,the user's own\n")
     inputs = {
         f"predict.input={tmp_path / 'empty'}": "no image files (.bmp .png .jpg .jpeg .tif .tiff) under this folder",
         f"predict.input={tmp_path / 'nopath.csv'}": "missing column(s) ['path']",
+        f"predict.input={listed} predict.output={listed}": f"predict.output={listed}: would overwrite {listed}",
+        f"predict.input={listed} predict.output={root / 'test' / '0.bmp'}": "one of the inputs",
     }
     commands = [("task=predict", f"predict.model={model}", good) for model in cases]
-    commands += [("task=predict", "predict.model=models:/cells/1", given) for given in inputs]
+    commands += [("task=predict", "predict.model=models:/cells/1", *given.split()) for given in inputs]
     before = len(runs_of(folder, kind="predict")[1])
     for result, expected in zip(run_clis(commands, folder), [*cases.values(), *inputs.values()], strict=True):
         assert result.returncode == 1
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and expected in last, last
     assert len(runs_of(folder, kind="predict")[1]) == before  # refused before a run opened
+    assert listed.read_text().endswith(",1,the user's own\n")  # the input, untouched
 
 
 def post(port: int, body: bytes) -> tuple[int, dict]:

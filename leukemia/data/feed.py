@@ -31,6 +31,7 @@ from leukemia.data.loading import Batch, make_loader
 from leukemia.data.manifest import Manifest
 from leukemia.data.resident import ResidentBatches, resident_pixels
 from leukemia.data.schema import AugmentationConfig, Balance, Cache, DataConfig, OnBadImage
+from leukemia.errors import UserError
 
 AUGMENTATION_STREAM = 0x9E3779B97F4A7C15  # a fixed 64-bit constant mixed into the seed (the golden ratio's bits)
 
@@ -88,12 +89,28 @@ def build_feed(
         order = getattr(loader.sampler, "generator", None)  # none when the split is read in order
         return Feed(loader, prepare, "files", [], [g for g in (order, augmentation.generator) if g is not None])
     decoded = decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad)
+    if not decoded.readable.any():
+        where = manifest.source or manifest.name
+        raise UserError(f"{where}: none of the {len(manifest)} images of the {manifest.name} split can be read as "
+                        f"an image (first: {decoded.skipped[0]}); fix or replace the files")  # fmt: skip
     labels, generator = readable_labels(decoded, manifest), torch.Generator().manual_seed(seed)
     batches = epoch_batches(labels, batch_size, train, generator, balanced)
     pixels = _resident(decoded, manifest.name, data_cfg.cache, device)
     loader, where = ((decoded_loader(decoded, labels, batches), "disk") if pixels is None
                      else (ResidentBatches(pixels, labels, readable_rows(decoded), batches), "device"))  # fmt: skip
     return Feed(loader, prepare, where, decoded.skipped, [generator, augmentation.generator])
+
+
+def check_decodable(manifest: Manifest, data_cfg: DataConfig, cache_folder: Path) -> None:
+    """Every image of a split that may not skip one (the test split: each row needs a prediction) decodes, checked
+    before training rather than after it: decoded into the cache, which the evaluation then reads, or, with
+    ``data.cache=none``, decoded once and dropped. The first unreadable file stops the run, named."""
+    sizes = (data_cfg.crop_size, data_cfg.image_size)
+    if data_cfg.cache != Cache.none:
+        decoded_split(manifest, *sizes, cache_folder, data_cfg.num_workers, skip_bad=False)
+        return
+    for _ in make_loader(manifest, decoding(*sizes), data_cfg.batch_size, data_cfg.num_workers, False, 0):
+        pass
 
 
 def _resident(decoded: DecodedSplit, name: str, cache: Cache, device: torch.device) -> torch.Tensor | None:

@@ -13,6 +13,7 @@ subject threshold.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,6 +24,7 @@ from leukemia.data.cache import cache_folder
 from leukemia.data.decoding import Normalisation, decode_pixels, read_image
 from leukemia.data.feed import build_feed
 from leukemia.data.manifest import Manifest
+from leukemia.data.schema import OnBadImage
 from leukemia.evaluation.decision import Decision
 from leukemia.evaluation.explain import showcase
 from leukemia.evaluation.report import (
@@ -59,16 +61,19 @@ class Evaluator:
 
     def scored(self, prefix: str, split: Manifest, description: str) -> Scored:
         """The split's predictions: in order, no augmentation, larger batches (``eval.batch_factor``), flip TTA
-        with ``eval.tta``; never skips a file (every test row needs a prediction)."""
+        with ``eval.tta``. The validation split leaves out unreadable files as training did (``data.on_bad_image``);
+        the test split never does (every test row needs a prediction)."""
         cfg = self.cfg
+        skip = prefix == VAL and cfg.data.on_bad_image == OnBadImage.skip
         feed = build_feed(split, cfg.data, cfg.augmentation, train=False, device=self.device, seed=cfg.seed,
                           cache_folder=cache_folder(cfg.paths.cache_dir), batch_size=cfg.data.batch_size *
-                          cfg.eval.batch_factor, skip_bad=False)  # fmt: skip
+                          cfg.eval.batch_factor, skip_bad=skip)  # fmt: skip
         raw = predict(self.runnable, feed.loader, self.device, TTA(cfg.eval.tta) == TTA.flips, description,
                       cfg.trainer.progress, feed.prepare, **self.acceleration.step)  # fmt: skip
-        raw = raw.in_manifest_order(len(split))  # row i of every table is the split's file i
+        raw = raw.in_manifest_order(len(split), complete=not skip)  # row i of every table: the split's file i
+        kept = split if not skip else split.select(raw.rows.tolist())
         targets = None if split.labels is None else raw.targets
-        return Scored(prefix, self.run.name, split.name, raw.log_probabilities, targets, split.subjects)
+        return Scored(prefix, self.run.name, split.name, raw.log_probabilities, targets, kept.subjects)
 
     def calibrate(self, valid: Manifest) -> tuple[Decision, Report]:
         """The decision fitted on the validation split (with the flips ``eval.tta`` scores by), and its report
@@ -112,6 +117,8 @@ class Evaluator:
         if scored.targets is None:
             log.info("the test split has no labels: predictions only")
         else:
-            log.info("test: %s", "  ".join(f"{key} {report.metrics[of(TEST, key)]:.4f}" for key in SHOWN
-                                            if of(TEST, key) in report.metrics))  # fmt: skip
+            shown = {key: report.metrics.get(of(TEST, key), math.nan) for key in SHOWN}
+            log.info(
+                "test: %s", "  ".join(f"{key} {value:.4f}" for key, value in shown.items() if math.isfinite(value))
+            )
         return report

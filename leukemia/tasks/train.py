@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from leukemia import names
 from leukemia.config import Config, check_config
 from leukemia.data.augmentation import BatchAugmentation
+from leukemia.data.cache import cache_folder
 from leukemia.data.decoding import png
+from leukemia.data.feed import check_decodable
 from leukemia.data.layouts import load_splits
 from leukemia.data.loading import displayable, preview
 from leukemia.data.manifest import Manifest, Splits, summarize, summary_lines
@@ -241,7 +243,10 @@ def _prepare(composed: DictConfig, hold: ExitStack) -> tuple[ResumePoint | None,
     device = resolve_device(cfg.trainer.device, sweep_job_number())
     splits = load_splits(cfg.data)
     check_fits_data(cfg, splits)
-    return resumed, composed, Trainer(cfg, splits, device), splits
+    trainer = Trainer(cfg, splits, device)
+    if splits.test is not None:
+        check_decodable(splits.test, cfg.data, cache_folder(cfg.paths.cache_dir))
+    return resumed, composed, trainer, splits
 
 
 def train(composed: DictConfig, stop: StopRequest) -> float:

@@ -151,10 +151,13 @@ class Predictions:
     def probabilities(self) -> np.ndarray:
         return np.exp(self.log_probabilities)
 
-    def in_manifest_order(self, size: int) -> Predictions:
-        """The predictions placed at their rows of a ``size``-row manifest, which each must fill once: what makes
-        row ``i`` of every table written from them the prediction of the manifest's file ``i``."""
-        if sorted(self.rows.tolist()) != list(range(size)):
+    def in_manifest_order(self, size: int, complete: bool = True) -> Predictions:
+        """The predictions in the order of their rows of a ``size``-row manifest, each row at most once (and,
+        ``complete``, every row once): what makes row ``i`` of every table written from them the prediction of
+        the manifest's file ``i`` (of its ``i``-th readable file, where some were skipped)."""
+        rows = self.rows.tolist()
+        once = len(set(rows)) == len(rows) and set(rows) <= set(range(size))
+        if not once or (complete and len(rows) != size):
             raise RuntimeError(f"{len(self.rows)} predictions for {size} rows do not cover each row once")
         order = np.argsort(self.rows, kind="stable")
         return Predictions(self.log_probabilities[order], self.targets[order], self.rows[order], self.skipped)
