@@ -15,6 +15,8 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -200,6 +202,25 @@ def check_config(cfg: DictConfig) -> None:
     _check_section(cfg, Config, "")
     if cfg.optim.get("nesterov") and cfg.optim.momentum == 0:
         raise UserError("optim.nesterov=true: Nesterov momentum needs optim.momentum above 0 (e.g. 0.9)")
+
+
+def check_typed_text(cfg: DictConfig, overrides: list[str]) -> None:
+    """A text setting holds what the command line typed: Hydra reads an unquoted ``1e3``, ``true`` or ``1_000``
+    as a number or a boolean, which a text field would hold as ``1000.0``, ``True`` or ``1000`` (a name or a path
+    rewritten). Such a value is refused, with the quoting that keeps it."""
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parsed = parser.parse_override(override)
+        except HydraException:  # Hydra already refused or accepted it as it composed
+            continue
+        key, typed_text, value = parsed.key_or_group, override.split("=", 1)[1], parsed.value()
+        if not isinstance(value, bool | int | float) or parsed.is_sweep_override():
+            continue
+        held = OmegaConf.select(cfg, key, default=None)
+        if isinstance(held, str) and held != typed_text:
+            raise UserError(f"{key}={typed_text}: Hydra reads it as {value!r} and this setting would hold '{held}'; "
+                            f"quote it to keep the text: {key}='{typed_text}'")  # fmt: skip
 
 
 # Keys earlier versions had and this one dropped: a run that logged them is read back without them.

@@ -9,7 +9,7 @@ import pytest
 from hydra.errors import HydraException
 
 from leukemia.__main__ import composition_error
-from leukemia.config import GROUPS, Config, check_config, group_schemas
+from leukemia.config import GROUPS, Config, check_config, check_typed_text, group_schemas
 from leukemia.errors import UserError
 
 from conftest import compose_config, run_clis, runs_of
@@ -212,3 +212,24 @@ def test_the_cli_exits_1_with_the_line_and_opens_no_run(cli_results, first, seco
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
     assert runs_of(tmp_path)[1] == []
+
+
+@pytest.mark.parametrize(
+    ("override", "held"),
+    [("registry.name=1e3", "1000.0"), ("registry.name=true", "True"), ("predict.input=1_000", "1000"),
+     ("run_name=0.50", "0.5")],
+)  # fmt: skip
+def test_a_text_setting_hydra_would_read_as_a_number_is_refused_with_the_quoting_that_keeps_it(override, held):
+    key, typed = override.split("=", 1)
+    with pytest.raises(UserError) as caught:
+        check_typed_text(compose_config(override), [override])
+    assert str(caught.value).startswith(f"{override}: Hydra reads it as ") and f"would hold '{held}'" in str(
+        caught.value
+    )  # fmt: skip
+    assert str(caught.value).endswith(f"quote it to keep the text: {key}='{typed}'")
+
+
+@pytest.mark.parametrize("override", ["registry.name=007", "registry.name='1e3'", "optim.lr=1e-3", "seed=7",
+                                      "registry.name=null", "predict.input=a b"])  # fmt: skip
+def test_text_read_as_typed_and_numbers_where_numbers_are_meant_pass(override):
+    check_typed_text(compose_config(override), [override])

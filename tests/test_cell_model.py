@@ -91,6 +91,23 @@ def test_a_request_row_that_is_not_a_base64_image_is_named(logged):
             model.predict(pd.DataFrame({"image": [good, bad]}))
     with pytest.raises(MlflowException, match="image"):
         model.predict(pd.DataFrame({"picture": [good]}))
+    for blank in ("", " ", "7", "007", "Zoë"):  # blank, numeric-looking, unicode: named, never scored as a cell
+        with pytest.raises(MlflowException, match="row 0: 'image' is not a base64-encoded image file"):
+            model.predict(pd.DataFrame({"image": [blank, good]}))
+
+
+def test_each_answer_row_keeps_its_request_rows_index_and_numbers(logged):
+    network, uri, _ = logged
+    rng = np.random.default_rng(3)
+    cells = [Image.fromarray(separable_cell(rng, 40, k % 2)) for k in range(4)]
+    encoded = [base64.b64encode(file_bytes(cell, "PNG")).decode() for cell in cells]
+    frame = pd.DataFrame({"image": [encoded[2], encoded[0], encoded[2], encoded[3]]}, index=[30, 10, 31, 7])
+    out = mlflow.pyfunc.load_model(uri).predict(frame)
+    assert out.index.tolist() == [30, 10, 31, 7]  # a caller joining on its index finds each row's own numbers
+    expected = reference_probabilities(network, [cells[2], cells[0], cells[2], cells[3]])
+    np.testing.assert_allclose(out["probability_all"], expected, atol=1e-5)
+    assert out["probability_all"].iloc[0] == out["probability_all"].iloc[2]  # a duplicate row, the same answer
+    assert len(mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": []}, dtype=str))) == 0
 
 
 def test_the_model_records_its_preprocessing_signature_and_example(logged):

@@ -15,9 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from leukemia.config import Task, check_config
+from leukemia.config import Task, check_config, check_typed_text
 from leukemia.errors import UserError, file_system_error
-from leukemia.tasks.context import in_sweep, output_dir
+from leukemia.tasks.context import command_line_overrides, in_sweep, output_dir
 from leukemia.tracking.sweep_folder import record_job_failure
 from leukemia.training.stopping import Stopped, StopRequest
 
@@ -72,6 +72,7 @@ def run_task(cfg: DictConfig) -> Any:
     sweep either ends the job (no value: a hyper-parameter search counts the trial failed)."""
     try:
         check_config(cfg)
+        check_typed_text(cfg, command_line_overrides())
         with StopRequest() as stop:
             return dispatch(cfg, stop)
     except UserError as error:

@@ -177,7 +177,7 @@ def paired_table(store: Store, runs: list[RunRecord], reference: RunRecord, scra
             path = store.download(run, PREDICTIONS, scratch / run.id, "")
         except UserError:
             continue
-        predictions[run.id] = pd.read_csv(path, dtype={"ID": str, "subject": str})
+        predictions[run.id] = pd.read_csv(path, dtype={"ID": str, "subject": str}, keep_default_na=False)
     rows = []
     for run in runs:
         if run.id == reference.id:

@@ -110,10 +110,14 @@ class CellModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params=None
     ) -> pd.DataFrame:
-        """``probability_all`` and ``label`` per row of base64-encoded image files."""
+        """``probability_all`` and ``label`` per row of base64-encoded image files, with the input's own index (a
+        row's numbers are its own, however the caller numbered its rows)."""
         images = [self.pixels(_decoded(row, value)) for row, value in enumerate(model_input[INPUT_COLUMN])]
         batches = [self.log_probabilities(torch.stack(images[i : i + BATCH])) for i in range(0, len(images), BATCH)]
-        return outputs(self.spec.decision, np.concatenate(batches) if batches else np.empty((0, self.spec.num_classes)))
+        scored = outputs(
+            self.spec.decision, np.concatenate(batches) if batches else np.empty((0, self.spec.num_classes))
+        )
+        return scored.set_index(model_input.index)
 
 
 def outputs(decision: Decision, log_probabilities: np.ndarray) -> pd.DataFrame:

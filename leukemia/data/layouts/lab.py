@@ -75,6 +75,10 @@ def read_lab_csv(csv_path: Path, split: str, labelled: bool) -> Manifest:
 def with_test_labels(test: Manifest, labels_csv: Path) -> Manifest:
     """The test split with labels (and subjects) from a ``Path,label`` CSV that covers every test image."""
     table = read_csv_columns(labels_csv, [PATH_COLUMN, LABEL_COLUMN], "test")
+    repeated = table[PATH_COLUMN][table[PATH_COLUMN].duplicated()].tolist()
+    if repeated:
+        raise UserError(f"{labels_csv}: {len(repeated)} '{PATH_COLUMN}' values are listed more than once (first: "
+                        f"{first_few(repeated)}); give each test image one label")  # fmt: skip
     labels = dict(zip(table[PATH_COLUMN], check_labels(table, LABEL_COLUMN, str(labels_csv)), strict=True))
     unlabelled = [identifier for identifier in test.identifiers() if identifier not in labels]
     if unlabelled:
