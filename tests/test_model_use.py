@@ -322,6 +322,8 @@ def test_a_sweep_crowns_its_best_version_which_plot_names_predict_uses_and_a_ser
         served = pd.DataFrame(answer["predictions"])
         np.testing.assert_allclose(served["probability_all"], expected["probability_all"], atol=1e-5)
         assert served["label"].tolist() == expected["label"].tolist()
+        # the server says which training run's model the alias resolved to
+        assert f"of training run {best.info.run_id}" in (tmp_path / "serve.log").read_text()
         not_an_image = {"dataframe_split": {"columns": ["image"], "data": [images[0], ["bm90IGFuIGltYWdl"]]}}
         for bad, named in ((b"not json", "valid JSON"), (json.dumps(not_an_image).encode(), "row 1: 'image' is not")):
             status, answer = post(port, bad)

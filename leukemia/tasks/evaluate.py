@@ -18,6 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from leukemia.config import GROUPS, TTA, Config, check_config
+from leukemia.data.cache import cache_folder
+from leukemia.data.feed import check_decodable
 from leukemia.data.layouts import load_splits
 from leukemia.errors import UserError
 from leukemia.models import build_model, load_trained, read_state_dict
@@ -107,6 +109,7 @@ def evaluate(composed: DictConfig) -> dict[str, float]:
             f"data.root={run_cfg.data.root}: no test split found there; point data.root (or data.test_csv, "
             f"data.test_set) at a test set"
         )
+    check_decodable(test, run_cfg.data, cache_folder(run_cfg.paths.cache_dir))  # before the evaluation run opens
     _, tags = launch_context(cfg)
     tags |= {
         "model": run_cfg.model.name,

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,12 +84,16 @@ class CellModel(mlflow.pyfunc.PythonModel):
     """The network with its preprocessing, on the GPU when there is one."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Build the network from the artifacts, and say which logged model (of which training run) this is:
+        what a served ``models:/<name>@champion`` resolved to when the server started."""
         spec = Preprocessing.from_json(Path(context.artifacts["preprocessing"]).read_text())
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         self.spec = spec
         self.network = build_model(spec.depth, spec.num_classes)
         self.network.load_state_dict(state)
         self.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        logged = Model.load(Path(context.artifacts["weights"]).parents[1] / "MLmodel")  # <model>/artifacts/weights.pt
+        print(f"cell model: logged model {logged.model_id} of training run {logged.run_id}", file=sys.stderr)
 
     def to(self, device: torch.device) -> CellModel:
         self.device = device

@@ -60,8 +60,8 @@ def versions_of(uri: str, run_ids: list[str]) -> list[Version]:
     """The versions the runs ``run_ids`` registered (of any registered model), champions marked."""
     if not run_ids:
         return []
-    client = client_of(uri)
-    found = search_versions(client, lambda version: version.run_id in set(run_ids))
+    client, wanted = client_of(uri), set(run_ids)
+    found = search_versions(client, lambda version: version.run_id in wanted)
     # Search results carry no aliases: the registered model holds them.
     crowned = {name: str(client.get_registered_model(name).aliases.get(CHAMPION)) for name in {v.name for v in found}}
     return [Version(v.name, str(v.version), v.run_id, crowned[v.name] == str(v.version)) for v in found]
