@@ -130,6 +130,13 @@ def test_a_patient_is_never_invented_from_cells_whose_subject_is_unknown(tmp_pat
     assert table["cells"].tolist() == [1, 2] and table["predicted_label"].tolist() == [0, 1]
 
 
+def test_a_spreadsheets_byte_order_mark_does_not_hide_the_path_column(tmp_path):
+    (tmp_path / "a.png").write_bytes(png(0))
+    (tmp_path / "excel.csv").write_bytes("path,subject\na.png,007\n".encode("utf-8-sig"))
+    cells = read_new_cells(str(tmp_path / "excel.csv"))
+    assert cells.identifiers() == ["a.png"] and cells.subjects == ["007"]
+
+
 def test_duplicate_rows_and_duplicate_columns_of_a_predict_csv_are_refused(tmp_path):
     (tmp_path / "a.png").write_bytes(png(0))
     (tmp_path / "twice.csv").write_text("path\na.png\n./a.png\n")
@@ -167,6 +174,7 @@ OUTPUT_CASES = {
     "the input folder": ("img", "img", "is a folder"),
     "the overlays among the input images": ("img", "img/out.csv", "Grad-CAM overlays would go to"),
     "a folder that is a file": ("cells.csv", "img/a.png/out.csv", "cannot write in"),
+    "the tracking store": ("img", "mlflow.db", "would overwrite"),
 }
 
 
@@ -176,9 +184,11 @@ def test_an_output_that_is_an_input_or_unwritable_is_refused_before_anything_is_
     cells_in(tmp_path / "img", ["a.png", "b.png"])
     if source.endswith(".csv"):
         (tmp_path / source).write_text("path,label,comment\nimg/a.png,1,kept\nimg/b.png,0,'as is'\n")
+    (tmp_path / "mlflow.db").write_bytes(b"the registry")
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     cfg = predict_config(f"predict.input={tmp_path / source}", f"predict.output={tmp_path / output}",
-                         "predict.model=models:/cells/1", "predict.explain=true")  # fmt: skip
+                         "predict.model=models:/cells/1", "predict.explain=true",
+                         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
     with pytest.raises(UserError, match=message) as error:
         _outputs(cfg, read_new_cells(cfg.predict.input))
     assert str(error.value).startswith(f"predict.output={tmp_path / output}") and "\n" not in str(error.value)

@@ -84,7 +84,7 @@ def read_csv_columns(csv_path: Path, needed: list[str], split: str) -> pd.DataFr
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: no such CSV; check data.root and the CSV name (or try data=demo)")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as file:
+        with open(csv_path, newline="", encoding="utf-8-sig") as file:  # a spreadsheet's byte-order mark dropped
             header = next(csv.reader(file), [])  # as written: pandas would rename a second "subject" "subject.1"
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as error:

@@ -40,6 +40,7 @@ from leukemia.tasks.context import launch_context, output_dir, sweep_job_number,
 from leukemia.tracking.cell_model import BATCH, LABEL, PROBABILITY, CellModel, outputs
 from leukemia.tracking.registry import load
 from leukemia.tracking.runs import tracked_run
+from leukemia.tracking.store import sqlite_file
 from leukemia.training.engine import predict
 from leukemia.training.runtime import resolve_device
 
@@ -101,13 +102,13 @@ def _outputs(cfg: Config, cells: Manifest) -> Path:
     key = f"predict.output={cfg.predict.output or output}"
     if output.is_dir():
         raise UserError(f"{key}: is a folder; name the CSV file to write (e.g. {PREDICTIONS})")
-    source = resolved(Path(cfg.predict.input).expanduser())
-    inputs = {source, *(resolved(path) for path in cells.paths)}
+    source, store = resolved(Path(cfg.predict.input).expanduser()), sqlite_file(cfg.tracking.uri)
+    inputs = {source, *(resolved(path) for path in cells.paths), *([resolved(store)] if store else [])}
     written = [output, beside(output, SUBJECTS)] + [beside(output, GRADCAM)] * cfg.predict.explain
     for path in written:
         if resolved(path) in inputs:
-            raise UserError(f"{key}: would overwrite {path}, one of the inputs (predict.input={cfg.predict.input}); "
-                            f"name an output file that is not an input")  # fmt: skip
+            raise UserError(f"{key}: would overwrite {path}, one of the inputs (predict.input={cfg.predict.input}, "
+                            f"tracking.uri={cfg.tracking.uri}); name an output file that is not an input")  # fmt: skip
     overlays = resolved(beside(output, GRADCAM))
     if cfg.predict.explain and (overlays.is_relative_to(source) or any(p.is_relative_to(overlays) for p in inputs)):
         raise UserError(f"{key}: the Grad-CAM overlays would go to {overlays}, among the input images; name an "
