@@ -48,6 +48,12 @@ def other_dtype(path: Path) -> None:
     np.save(path, pixels.astype(np.float32)[..., :8])  # the same number of bytes, another array
 
 
+def same_shape_foreign(path: Path) -> None:
+    other = path.parent.parent / "other.npy"  # outside the cache folder
+    np.save(other, 255 - np.load(path))  # another picture of the same shape and dtype
+    shutil.copyfile(other, path)  # written over it in place, its metadata left as it was
+
+
 def garble_metadata(path: Path) -> None:
     path.with_suffix(".json").write_text("{not json")
 
@@ -65,8 +71,8 @@ def empty(path: Path) -> None:
     path.write_bytes(b"")
 
 
-DAMAGE = [truncate, garble_header, foreign, other_dtype, garble_metadata, drop_metadata, metadata_of_another_key,
-          empty]  # fmt: skip
+DAMAGE = [truncate, garble_header, foreign, other_dtype, same_shape_foreign, garble_metadata, drop_metadata,
+          metadata_of_another_key, empty]  # fmt: skip
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=[damage.__name__ for damage in DAMAGE])
