@@ -68,9 +68,10 @@ def test_a_better_version_takes_the_alias_and_a_worse_one_never_does(registry, n
     tie = registry.version(name, best_val_loss=0.648, **FIT)
     assert offer(registry.uri, name, tie, Monitor.val_loss).champion is None and registry.champion(name) == "1"
     better = registry.version(name, best_val_loss=0.3, **FIT)
-    assert str(offer(registry.uri, name, better, Monitor.val_loss).champion) == (
-        f"models:/{name}@champion (version 4, run {better})"
-    )
+    decision = offer(registry.uri, name, better, Monitor.val_loss)
+    assert str(decision.champion) == f"models:/{name}@champion (version 4, run {better})"
+    assert decision.why == (f"version 4 (best_val_loss 0.3000) takes @champion (it beats version 1, the champion "
+                            f"(best_val_loss 0.6480)): {decision.champion}")  # fmt: skip
     assert registry.champion(name) == "4"
     found = versions_of(registry.uri, [first, better])
     assert sorted((v.version, v.champion) for v in found) == [("1", False), ("4", True)]
@@ -109,7 +110,10 @@ def test_a_holder_that_may_not_hold_the_alias_is_beaten_by_any_that_may(registry
                                 best_val_accuracy_all=1.0)  # fmt: skip
     registry.client.set_registered_model_alias("cells", CHAMPION, "1")  # held before the rule, or set by hand
     fit = registry.version("cells", best_val_f1_weighted=0.7, **FIT)
-    assert offer(registry.uri, "cells", fit, Monitor.val_f1_weighted).champion is not None
+    decision = offer(registry.uri, "cells", fit, Monitor.val_f1_weighted)
+    assert decision.champion is not None and "version 1, which held it, may not: best_val_accuracy_normal" in (
+        decision.why
+    )  # fmt: skip
     assert registry.champion("cells") == "2" and diverged
 
 

@@ -294,7 +294,8 @@ def test_a_sweep_crowns_its_best_version_which_plot_names_predict_uses_and_a_ser
     champion = client.get_model_version_by_alias("swept", "champion")
     assert champion.run_id == best.info.run_id and sweep.data.tags["best_run"] == best.info.run_id
     crowned = f"models:/swept@champion (version {champion.version}, run {best.info.run_id})"
-    taken = f"champion: version {champion.version} (best_val_f1_weighted 1.0000) takes @champion: {crowned}"
+    taken = (f"champion: version {champion.version} (best_val_f1_weighted 1.0000) takes @champion (no other "
+             f"version held it): {crowned}")  # fmt: skip
     assert taken in result.stdout + result.stderr
     assert sweep.data.tags["champion_decision"] == taken.removeprefix("champion: ")
     report = run_cli("task=plot", cwd=tmp_path)

@@ -69,19 +69,21 @@ def _metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
         return {}
 
 
-def _challenge(client: MlflowClient, name: str, offered: Version, monitor: Monitor) -> str:
-    """Why ``offered`` does not take the alias from its holder ("" when it does: none holds it, the holder may not
-    hold it, or ``offered`` is strictly better)."""
+def _challenge(client: MlflowClient, name: str, offered: Version, monitor: Monitor) -> tuple[bool, str]:
+    """Whether ``offered`` takes the alias from its holder (none holds it, the holder may not hold it, or
+    ``offered`` is strictly better), and the comparison in words."""
     holder_version = client.get_registered_model(name).aliases.get(CHAMPION)
     if holder_version is None or str(holder_version) == offered.version:
-        return ""
+        return True, "no other version held it"
     holder = client.get_model_version(name, str(holder_version))
     key = best(monitor.value)
     theirs, ours = _metrics(client, holder.run_id), _metrics(client, offered.run_id)[key]
-    if unfit(theirs, monitor):
-        return ""
+    why = unfit(theirs, monitor)
+    if why:
+        return True, f"version {holder_version}, which held it, may not: {why}"
     better = ours < theirs[key] if monitor.direction == "minimize" else ours > theirs[key]
-    return "" if better else f"it does not beat version {holder_version}, the champion ({key} {shown(theirs[key])})"
+    verb = "beats" if better else "does not beat"
+    return better, f"it {verb} version {holder_version}, the champion ({key} {shown(theirs[key])})"
 
 
 @retry_when_locked
@@ -94,12 +96,13 @@ def offer(uri: str, name: str, run_id: str, monitor: Monitor) -> Decision:
     offered = Version(name, str(mine[-1].version), run_id)
     key, metrics = best(monitor.value), _metrics(client, run_id)
     what = f"version {offered.version} ({key} {shown(metrics.get(key, math.nan))})"
-    why = unfit(metrics, monitor) or _challenge(client, name, offered, monitor)
-    if why:
-        decision = Decision(None, f"{what} does not take @{CHAMPION}: {why}")
+    why = unfit(metrics, monitor)
+    takes, comparison = (False, why) if why else _challenge(client, name, offered, monitor)
+    if not takes:
+        decision = Decision(None, f"{what} does not take @{CHAMPION}: {comparison}")
     else:
         client.set_registered_model_alias(name, CHAMPION, offered.version)
         crowned = Version(name, offered.version, run_id, champion=True)
-        decision = Decision(crowned, f"{what} takes @{CHAMPION}: {crowned}")
+        decision = Decision(crowned, f"{what} takes @{CHAMPION} ({comparison}): {crowned}")
     client.set_model_version_tag(name, offered.version, DECISION_TAG, decision.why)
     return decision
