@@ -7,8 +7,9 @@ modification time, change time and inode: a file replaced by another of the same
 changed file or setting makes a new cache and an unchanged one is reused by later runs and sweep jobs. A cache
 is written under a lock into a temporary file, its whole size reserved on disk first (a full disk is one line,
 not a crash while the array is written), and renamed into place, so a parallel job either waits for it or finds
-it complete, never half-written. The cache is derived data: a file that is damaged, truncated or not this key's
-array is named in one warning and decoded again.
+it complete, never half-written. The cache is derived data: a file that is damaged, truncated, not this key's
+array, or written to since its metadata was (which records its inode, change time, size and a digest of
+sampled blocks) is named in one warning and decoded again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from leukemia.errors import NO_SPACE, UserError
 log = logging.getLogger(__name__)
 
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+SAMPLES, SAMPLE_BYTES = 64, 4096  # the blocks a cache file's fingerprint reads: 256 KB, whatever its size
 FORMAT_VERSION = 2  # 2: the key covers each file's change time and inode; the metadata names its key and size
 
 
@@ -85,6 +87,18 @@ def _decode_into(target: np.ndarray, manifest: Manifest, crop_size: int | None, 
     return skipped
 
 
+def fingerprint(path: Path) -> list[int | str]:
+    """The file's inode, change time and size, and a digest of ``SAMPLES`` blocks spread over it: a write to it
+    changes its change time (to the kernel clock's tick), and another picture written over it the sampled bytes."""
+    status = path.stat()
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        for sample in range(SAMPLES):
+            file.seek(status.st_size * sample // SAMPLES)
+            digest.update(file.read(SAMPLE_BYTES))
+    return [status.st_ino, status.st_ctime_ns, status.st_size, digest.hexdigest()]
+
+
 def _damage(pixels_path: Path, meta_path: Path, key: str, shape: tuple[int, ...]) -> str:
     """What is wrong with the cache files of ``key`` (expected to hold a uint8 array of ``shape``), or "" when
     they are whole: read from their headers and sizes, before anything is mapped."""
@@ -101,6 +115,8 @@ def _damage(pixels_path: Path, meta_path: Path, key: str, shape: tuple[int, ...]
     expected = offset + int(np.prod(shape))
     if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("skipped"), dict):
         return "its metadata is not this split's"
+    if meta.get("file") != fingerprint(pixels_path):
+        return "the array file is not the one its metadata was written for (written to or replaced since)"
     if tuple(stored) != shape or dtype != np.uint8 or fortran:
         return f"it holds a {dtype} array of shape {tuple(stored)}, not uint8 {shape}"
     size = pixels_path.stat().st_size
@@ -141,10 +157,12 @@ def _build(manifest: Manifest, crop_size: int | None, image_size: int, workers: 
         target.flush()
         size = target.offset + target.nbytes
         del target
-        meta = {"key": key, "split": manifest.name, "source": manifest.source, "images": len(manifest),
-                "crop_size": crop_size, "image_size": image_size, "bytes": size, "skipped": skipped}  # fmt: skip
-        meta_path.write_text(json.dumps(meta))
+        meta_path.unlink(missing_ok=True)  # until the array is in place, no metadata vouches for it
         os.replace(partial, pixels_path)  # the cache appears complete or not at all
+        meta = {"key": key, "split": manifest.name, "source": manifest.source, "images": len(manifest),
+                "crop_size": crop_size, "image_size": image_size, "bytes": size, "skipped": skipped,
+                "file": fingerprint(pixels_path)}  # fmt: skip
+        meta_path.write_text(json.dumps(meta))
     except BaseException:  # an unreadable file, a full disk or Ctrl-C: leave no half-written array behind
         partial.unlink(missing_ok=True)
         raise
