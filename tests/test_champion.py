@@ -34,9 +34,7 @@ class Registry:
         run_id = self.client.create_run(self.experiment).info.run_id
         for key, value in metrics.items():
             self.client.log_metric(run_id, key, value)
-        if not self.client.search_registered_models(max_results=1000) or name not in {
-            model.name for model in self.client.search_registered_models(max_results=1000)
-        }:
+        if name not in {model.name for model in self.client.search_registered_models()}:
             self.client.create_registered_model(name)
         self.client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
         return run_id

@@ -35,9 +35,8 @@ from leukemia.errors import NO_SPACE, UserError
 
 log = logging.getLogger(__name__)
 
-HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 SAMPLES, SAMPLE_BYTES = 64, 4096  # the blocks a cache file's fingerprint reads: 256 KB, whatever its size
-FORMAT_VERSION = 2  # 2: the key covers each file's change time and inode; the metadata names its key and size
+FORMAT_VERSION = 2  # 2: the key covers each file's change time and inode; the metadata its key and array file
 
 
 @dataclass(frozen=True)
@@ -99,28 +98,19 @@ def fingerprint(path: Path) -> list[int | str]:
     return [status.st_ino, status.st_ctime_ns, status.st_size, digest.hexdigest()]
 
 
-def _damage(pixels_path: Path, meta_path: Path, key: str, shape: tuple[int, ...]) -> str:
-    """What is wrong with the cache files of ``key`` (expected to hold a uint8 array of ``shape``), or "" when
-    they are whole: read from their headers and sizes, before anything is mapped."""
+def _damage(pixels_path: Path, meta_path: Path, key: str) -> str:
+    """What is wrong with the cache files of ``key``, or "" when they are whole: the metadata must be this key's,
+    and the array file the one it was written for (its fingerprint), checked before anything is mapped."""
     try:
         meta = json.loads(meta_path.read_text())
-        with open(pixels_path, "rb") as file:
-            reader = HEADER_READERS.get(np.lib.format.read_magic(file))
-            if reader is None:
-                return "an array header of an unknown version"
-            stored, fortran, dtype = reader(file)
-            offset = file.tell()
-    except Exception as error:  # whatever a garbled header or JSON raises (numpy parses the header as Python)
+        found = fingerprint(pixels_path)
+    except (OSError, ValueError) as error:  # a missing or garbled metadata file, an unreadable array file
         return f"unreadable ({type(error).__name__}: {str(error).strip()[:80]})"
-    expected = offset + int(np.prod(shape))
     if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("skipped"), dict):
         return "its metadata is not this split's"
-    if meta.get("file") != fingerprint(pixels_path):
-        return "the array file is not the one its metadata was written for (written to or replaced since)"
-    if tuple(stored) != shape or dtype != np.uint8 or fortran:
-        return f"it holds a {dtype} array of shape {tuple(stored)}, not uint8 {shape}"
-    size = pixels_path.stat().st_size
-    return "" if size == expected else f"{size} bytes where {expected} were written (truncated or changed)"
+    if meta.get("file") != found:
+        return "the array file is not the one its metadata was written for (truncated, written to or replaced)"
+    return ""
 
 
 def _allocated(partial: Path, shape: tuple[int, ...], split: str) -> np.memmap:
@@ -155,12 +145,11 @@ def _build(manifest: Manifest, crop_size: int | None, image_size: int, workers: 
         target = _allocated(partial, shape, manifest.name)
         skipped = _decode_into(target, manifest, crop_size, workers, skip_bad)
         target.flush()
-        size = target.offset + target.nbytes
         del target
         meta_path.unlink(missing_ok=True)  # until the array is in place, no metadata vouches for it
         os.replace(partial, pixels_path)  # the cache appears complete or not at all
         meta = {"key": key, "split": manifest.name, "source": manifest.source, "images": len(manifest),
-                "crop_size": crop_size, "image_size": image_size, "bytes": size, "skipped": skipped,
+                "crop_size": crop_size, "image_size": image_size, "skipped": skipped,
                 "file": fingerprint(pixels_path)}  # fmt: skip
         meta_path.write_text(json.dumps(meta))
     except BaseException:  # an unreadable file, a full disk or Ctrl-C: leave no half-written array behind
@@ -178,10 +167,9 @@ def decoded_split(
     folder.mkdir(parents=True, exist_ok=True)
     key = cache_key(manifest, crop_size, image_size)
     pixels_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    shape = (len(manifest), 3, image_size, image_size)
     with open(folder / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel job building the same cache finishes first
-        damage = _damage(pixels_path, meta_path, key, shape) if pixels_path.exists() else "absent"
+        damage = _damage(pixels_path, meta_path, key) if pixels_path.exists() else "absent"
         if damage and damage != "absent":
             log.warning("%s: a damaged decode cache (%s); decoding the %s split again", pixels_path, damage,
                         manifest.name)  # fmt: skip
