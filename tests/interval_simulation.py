@@ -9,6 +9,7 @@ prints the coverage tables of docs/evaluation.md (more sets than the test uses):
     python tests/interval_simulation.py 1000           # one model's intervals
     python tests/interval_simulation.py 500 paired     # the log odds ratio of two models
     python tests/interval_simulation.py 500 unequal    # subjects of unequal size, heavy-tailed effects
+    python tests/interval_simulation.py 500 paired unequal
 """
 
 from __future__ import annotations
@@ -81,74 +82,96 @@ SCENARIOS = (
     Scenario("subjects unknown (cells)", subject_sd=0.0, subjects_known=False),
 )
 # Subjects of unequal size (lognormal, sd 0.8 of the log: median 60, about 15 to 300, one of 600 per class) with
-# normal or heavy-tailed subject effects: what C-NMC's test sets look like, and what the intervals of issue 31
-# must hold their level under. Not yet checked by the fast tier; ``python tests/interval_simulation.py 500
-# unequal`` prints their table.
+# normal or heavy-tailed subject effects, for models of middling (a cell's ROC AUC 0.93), weak (0.7), strong
+# (0.99) and near-perfect separation: what C-NMC's test sets look like (its preliminary test set: 15 + 13
+# subjects of 5 to 262 cells).
 UNEQUAL = (
     Scenario("unequal subjects, effect sd 1", size_sd=0.8),
     Scenario("unequal subjects, t(3) effect, sd 2", subject_sd=2.0, size_sd=0.8, effect_df=3),
+    Scenario("unequal subjects, weak model", mean_normal=-0.5, mean_all=0.5, size_sd=0.8),
+    Scenario("unequal subjects, strong model", mean_normal=-2.5, mean_all=2.5, size_sd=0.8),
+    Scenario("unequal subjects, near-perfect model", mean_normal=-3.0, mean_all=3.0, subject_sd=0.5, size_sd=0.8),
 )
-UNEQUAL_COUNTS = ((4, 12), (15, 13), (40, 40))
+UNEQUAL_COUNTS = ((3, 3), (4, 12), (15, 13), (40, 40))
 
 
-def coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resamples: int = 200, seed: int = 0
-             ) -> tuple[dict[str, float], dict[str, int]]:  # fmt: skip
-    """Per score: the fraction of the logged intervals that hold the population value, and how many were
-    logged (of ``sets``)."""
+@dataclass(frozen=True)
+class Coverage:
+    """Per score: the fraction of the logged intervals that hold the population value, how many were logged
+    (of the sets drawn), and their mean width (on the score's scale, or the log odds ratio's)."""
+
+    held: dict[str, float]
+    logged: dict[str, int]
+    width: dict[str, float]
+
+
+def tally(truth: dict[str, float], found: list[dict[str, tuple[float, float]]]) -> Coverage:
+    """The Coverage of the intervals ``found`` (one dict of bounds per test set) of the values ``truth``."""
+    held, logged, width = dict.fromkeys(INTERVAL_SCORES, 0), dict.fromkeys(INTERVAL_SCORES, 0), {}
+    for key in INTERVAL_SCORES:
+        given = [(low, high) for bounds in found for low, high in [bounds[key]] if np.isfinite(low)]
+        logged[key] = len(given)
+        held[key] = sum(low <= truth[key] <= high for low, high in given)
+        width[key] = float(np.mean([high - low for low, high in given])) if given else np.nan
+    return Coverage({key: held[key] / logged[key] for key in INTERVAL_SCORES if logged[key]}, logged,
+                    {key: width[key] for key in INTERVAL_SCORES if logged[key]})  # fmt: skip
+
+
+def coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resamples: int = 200, seed: int = 0) -> Coverage:
+    """How the logged intervals of ``sets`` seeded test sets of ``counts`` subjects hold the population's scores."""
     truth = scenario.population(*counts)
     rng = np.random.default_rng(seed)
-    held, logged = dict.fromkeys(INTERVAL_SCORES, 0), dict.fromkeys(INTERVAL_SCORES, 0)
+    found = []
     for k in range(sets):
         targets, probability, subjects = scenario.sample(rng, *counts)
-        found = bootstrap_intervals(targets, [probability], [0.5], subjects, resamples, seed=k)
-        for key, (low, high) in found.bounds.items():
-            if np.isfinite(low):
-                logged[key] += 1
-                held[key] += low <= truth[key] <= high
-    return {key: held[key] / logged[key] for key in INTERVAL_SCORES if logged[key]}, logged
+        found.append(bootstrap_intervals(targets, [probability], [0.5], subjects, resamples, seed=k).bounds)
+    return tally(truth, found)
 
 
 def paired_sample(scenario: Scenario, rng: np.random.Generator, counts: tuple[int, int]):
     """A test set scored by two models: the second's logits moved 0.5 toward each cell's class, plus noise of
     its own (so the two disagree on some cells, as two trained networks do)."""
     targets, first, subjects = scenario.sample(rng, *counts)
-    logits = np.log(first / (1 - first)) + np.where(targets == 1, 0.5, -0.5) + rng.normal(0, 0.5, len(targets))
+    with np.errstate(divide="ignore"):  # a P(ALL) of exactly 1 (past float's reach) stays 1
+        logits = np.log(first / (1 - first))
+    logits = logits + np.where(targets == 1, 0.5, -0.5) + rng.normal(0, 0.5, len(targets))
     return targets, first, 1 / (1 + np.exp(-logits)), subjects
 
 
-def paired_coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resamples: int = 200
-                    ) -> dict[str, float]:  # fmt: skip
-    """Per score: how often the paired interval of the log odds ratio (logit second - logit first) holds the
-    population's (of one test set 4000 / max(counts) times as large)."""
+def paired_coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resamples: int = 200) -> Coverage:
+    """How the paired intervals of the log odds ratio (logit second - logit first) hold the population's (of
+    one test set 4000 / max(counts) times as large)."""
     large = tuple(count * (4000 // max(counts)) for count in counts)
     targets, first, second, subjects = paired_sample(scenario, np.random.default_rng(2024), large)
     plan = design(targets, subjects)
     scores = [Counts(plan, p, 0.5).point() for p in (first, second)]
     truth = {key: special.logit(scores[1][key]) - special.logit(scores[0][key]) for key in INTERVAL_SCORES}
     rng = np.random.default_rng(1)
-    held, logged = dict.fromkeys(INTERVAL_SCORES, 0), dict.fromkeys(INTERVAL_SCORES, 0)
+    found = []
     for k in range(sets):
         targets, first, second, subjects = paired_sample(scenario, rng, counts)
-        found = bootstrap_intervals(targets, [first, second], [0.5, 0.5], subjects, resamples, seed=k)
-        for key, (low, high) in found.bounds.items():
-            if np.isfinite(low):
-                logged[key] += 1
-                held[key] += low <= truth[key] <= high
-    return {key: held[key] / logged[key] for key in INTERVAL_SCORES if logged[key]}
+        found.append(bootstrap_intervals(targets, [first, second], [0.5, 0.5], subjects, resamples, seed=k).bounds)
+    return tally(truth, found)
 
 
 def table(sets: int, paired: bool = False, unequal: bool = False) -> str:
     """The Markdown coverage table: per scenario and subject count, the lowest coverage over the scores and
-    each score's; with ``paired``, of the log odds ratio of two models (the scenarios with a subject effect,
-    and cells); with ``unequal``, of the scenarios with subjects of unequal size."""
+    each score's, with the intervals' mean width in brackets; with ``paired``, of the log odds ratio of two
+    models (the scenarios with a subject effect, and cells); with ``unequal``, of the scenarios with subjects
+    of unequal size."""
     lines = ["| scenario | ALL + normal subjects | lowest | " + " | ".join(INTERVAL_SCORES) + " |",
              "|---|---|---|" + "---|" * len(INTERVAL_SCORES)]  # fmt: skip
-    scenarios = UNEQUAL if unequal else (SCENARIOS[0], SCENARIOS[1], SCENARIOS[-1]) if paired else SCENARIOS
+    if unequal:
+        scenarios = UNEQUAL[:2] if paired else UNEQUAL
+    else:
+        scenarios = (SCENARIOS[0], SCENARIOS[1], SCENARIOS[-1]) if paired else SCENARIOS
     for scenario in scenarios:
         for counts in UNEQUAL_COUNTS if unequal else SUBJECT_COUNTS:
-            held = paired_coverage(scenario, counts, sets) if paired else coverage(scenario, counts, sets)[0]
-            cells = " | ".join(f"{held[key]:.3f}" if key in held else "—" for key in INTERVAL_SCORES)
-            lines.append(f"| {scenario.name} | {counts[0]} + {counts[1]} | {min(held.values()):.3f} | {cells} |")
+            found = paired_coverage(scenario, counts, sets) if paired else coverage(scenario, counts, sets)
+            cells = " | ".join(f"{found.held[key]:.3f} ({found.width[key]:.2f})" if key in found.held else "—"
+                               for key in INTERVAL_SCORES)  # fmt: skip
+            lowest = min(found.held.values())
+            lines.append(f"| {scenario.name} | {counts[0]} + {counts[1]} | {lowest:.3f} | {cells} |")
     return "\n".join(lines)
 
 

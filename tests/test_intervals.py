@@ -5,8 +5,17 @@ oracle: an interval at the wrong level, or from draws of the wrong size, moves i
 from functools import partial
 
 import numpy as np
+import pandas as pd
 import pytest
-from interval_simulation import SCENARIOS, SUBJECT_COUNTS, TOO_FEW, coverage, paired_coverage
+from interval_simulation import (
+    SCENARIOS,
+    SUBJECT_COUNTS,
+    TOO_FEW,
+    UNEQUAL,
+    UNEQUAL_COUNTS,
+    coverage,
+    paired_coverage,
+)
 from scipy import special, stats
 from sklearn.metrics import (
     accuracy_score,
@@ -17,8 +26,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from leukemia.data.layouts.cnmc import PRELIM_LABELS_CSV, parse_cell_name
 from leukemia.evaluation.bootstrap import (
     CELLS,
+    EFFECTIVE_FLOOR,
     SUBJECTS,
     Counts,
     bootstrap_intervals,
@@ -29,6 +40,8 @@ from leukemia.evaluation.bootstrap import (
 )
 from leukemia.evaluation.decision import labels_at
 from leukemia.names import INTERVAL_SCORES
+
+from conftest import SHARED_DATA
 
 
 def sample(count: int, seed: int, subjects: int = 0):
@@ -94,14 +107,17 @@ def test_the_interval_is_the_t_interval_of_the_logit_with_the_small_sample_infla
     logits = np.log(np.array([0.6, 0.7, 0.8, 0.75, 0.65]) / (1 - np.array([0.6, 0.7, 0.8, 0.75, 0.65])))
     spread = logits.std(ddof=1) * np.sqrt(5 / 3)  # 4 units in the smaller class: (4 + 1) / (4 - 1)
     half = stats.t.ppf(0.975, 3) * spread
-    assert bounds(0.85, logits, (4, 6)) == pytest.approx((0.85 - half, 0.85 + half))
+    assert bounds(0.85, logits, (4, 4)) == pytest.approx((0.85 - half, 0.85 + half))
+    # Unequal subjects: the inflation counts the first number, t's degrees of freedom the second.
+    half = stats.t.ppf(0.975, 3.5 - 1) * logits.std(ddof=1) * np.sqrt(7.5 / 5.5)
+    assert bounds(0.85, logits, (6.5, 3.5)) == pytest.approx((0.85 - half, 0.85 + half))
     # A model's interval: those bounds of its draws' logits around its own logit, back on the score scale.
     targets, probability, names = sample(400, 3, subjects=5)
     found = bootstrap_intervals(targets, [probability], [0.5], names, 300, seed=4)
     plan = design(targets, names)
     counts = Counts(plan, probability, 0.5)
     draws_ = np.concatenate([counts.scores(*picks)["accuracy"] for picks in draws(plan, 300, seed=4)])
-    low, high = bounds(log_odds(found.point["accuracy"], 400), log_odds(draws_, 400), (5, 5))
+    low, high = bounds(log_odds(found.point["accuracy"], 400), log_odds(draws_, 400), plan.effective)
     assert found.bounds["accuracy"] == pytest.approx((special.expit(low), special.expit(high)))
 
 
@@ -117,7 +133,7 @@ def test_the_paired_interval_is_that_of_the_log_odds_ratio():
     logit = partial(log_odds, steps=400)  # accuracy moves in steps of 1/400 cells: a perfect draw is 1 - 1/800
     ratios = np.concatenate([logit(second.scores(*p)["accuracy"]) - logit(first.scores(*p)["accuracy"])
                              for p in draws(plan, 300, seed=4)])  # fmt: skip
-    assert found.bounds["accuracy"] == pytest.approx(bounds(ratio, ratios, (5, 5)))
+    assert found.bounds["accuracy"] == pytest.approx(bounds(ratio, ratios, plan.effective))
 
 
 def test_known_subjects_are_resampled_whole_and_widen_the_interval_when_they_differ():
@@ -169,19 +185,109 @@ def test_the_paired_difference_uses_the_same_draws_for_both_models():
     assert same.point["accuracy"] == 0 == same.ratio["accuracy"] and np.isnan(same.bounds["accuracy"][0])
 
 
+def unequal_sample(sizes: dict[int, list[int]], seed: int = 0):
+    """Cells of subjects ``<class>-<k>`` with ``sizes[class][k]`` cells each, and random P(ALL)."""
+    targets = np.concatenate([np.full(sum(sizes[label]), label) for label in (0, 1)])
+    names = [f"{label}-{k}" for label in (0, 1) for k, size in enumerate(sizes[label]) for _ in range(size)]
+    return targets, np.random.default_rng(seed).random(len(targets)), names
+
+
+def test_subjects_of_unequal_size_count_as_their_effective_numbers_above_a_floor_by_hand():
+    # Normal: one subject of 600 cells and 14 of 60 (shares 600/1440, 60/1440): 1 / Σ a² = 1440² / (600² +
+    # 14 × 60²) = 5.05 for the spread, (Σ a²)³ / (Σ a³)² = 0.198³ / 0.0734² = 1.44 for the tails, held at 4.
+    targets, probability, names = unequal_sample({0: [600] + [60] * 14, 1: [60] * 16})
+    plan = design(targets, names)
+    sizes = np.array([600] + [60] * 14)
+    a = sizes / sizes.sum()
+    assert (a**2).sum() ** 3 / (a**3).sum() ** 2 == pytest.approx(1.44, abs=0.01)
+    assert plan.units == (15, 16) and plan.effective == pytest.approx((1440**2 / (600**2 + 14 * 60**2), 4))
+    tag = bootstrap_intervals(targets, [probability], [0.5], names, 50).tag()
+    assert tag.endswith("16 + 15 subjects (ALL + normal); of unequal size: 5.1 effective for the spread, 4.0 for t")
+    # Each number is the smaller class's: the spread's here the ALL class's (10.8 against the normal class's
+    # 15.1), the tails' the normal class's (6.4 against 9.3).
+    normal, blast = [60] * 20 + [240] * 2, [40] * 6 + [80] * 6
+    targets, _, names = unequal_sample({0: normal, 1: blast})
+    shares = [np.array(normal) / sum(normal), np.array(blast) / sum(blast)]
+    spread, tails = ([1 / (a**2).sum() for a in shares], [(a**2).sum() ** 3 / (a**3).sum() ** 2 for a in shares])
+    assert spread == pytest.approx([15.08, 10.8], abs=0.01) and tails == pytest.approx([6.42, 9.26], abs=0.01)
+    assert design(targets, names).effective == pytest.approx((spread[1], tails[0]))
+    # A class of 5 with one of 600: both at the floor; of 3 units, at 3; of one size, the units themselves.
+    for sizes, expected in (([600] + [60] * 4, (EFFECTIVE_FLOOR,) * 2), ([600, 60, 60], (3, 3)), ([60] * 7, (6, 6))):
+        targets, _, names = unequal_sample({0: [60] * 6, 1: sizes})
+        assert design(targets, names).effective == expected, sizes
+    targets, probability, _ = unequal_sample({0: [5] * 40, 1: [7] * 30})
+    assert design(targets, None).effective == (200, 200)  # single cells: one size, the smaller class's 200 cells
+    targets, probability, names = unequal_sample({0: [60] * 6, 1: [60] * 7})
+    assert "unequal" not in bootstrap_intervals(targets, [probability], [0.5], names, 50).tag()
+
+
+PRELIM = SHARED_DATA / "cnmc-sample" / "reference" / PRELIM_LABELS_CSV
+
+
+@pytest.mark.skipif(not PRELIM.is_file(), reason="the official C-NMC preliminary test label table is not available")
+def test_cnmc_preliminary_test_set_counts_as_8_subjects_for_the_spread_and_4_for_t():
+    table = pd.read_csv(PRELIM)
+    parsed = [parse_cell_name(name) for name in table["Patient_ID"]]
+    subjects, labels = [subject for subject, _ in parsed], np.array([label for _, label in parsed])
+    assert (labels == table["labels"].to_numpy()).all() and len(labels) == 1867
+    plan = design(labels, subjects)
+    assert plan.units == (15, 13)  # normal, ALL
+    sizes = [np.unique([s for s, label in parsed if label == c], return_counts=True)[1] for c in (0, 1)]
+    kish = [sz.sum() ** 2 / (sz**2).sum() for sz in sizes]  # 8.3 normal, 7.8 ALL
+    skew = [(sz**2).sum() ** 3 / (sz**3).sum() ** 2 for sz in sizes]  # 3.9 normal, 5.3 ALL
+    assert min(kish) == pytest.approx(7.8, abs=0.05) and min(skew) == pytest.approx(3.9, abs=0.05)
+    assert plan.effective == pytest.approx((min(kish), EFFECTIVE_FLOOR))
+
+
+def test_the_interval_of_subjects_of_unequal_size_counts_their_effective_number_by_hand():
+    targets, _, names = unequal_sample({0: [600] + [60] * 14, 1: [96] * 16})
+    probability = np.clip(0.35 + 0.3 * targets + np.random.default_rng(5).normal(0, 0.2, len(targets)), 0, 1)
+    found = bootstrap_intervals(targets, [probability], [0.5], names, 300, seed=2)
+    plan = design(targets, names)
+    counts = Counts(plan, probability, 0.5)
+    logits = np.concatenate([log_odds(counts.scores(*picks)["specificity"], len(targets))
+                             for picks in draws(plan, 300, seed=2)])  # fmt: skip
+    centre = log_odds(found.point["specificity"], len(targets))
+    low, high = bounds(centre, logits, plan.effective)
+    assert found.bounds["specificity"] == pytest.approx((special.expit(low), special.expit(high)))
+    narrow = bounds(centre, logits, (15, 15))  # what counting the 15 normal subjects would give
+    assert high - low > 1.2 * (narrow[1] - narrow[0])
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_every_logged_interval_holds_its_level_in_the_coverage_simulation(scenario):
     sets = 200 if scenario.subjects_known else 400  # cells: near its level, so more sets to tell it
     for counts in SUBJECT_COUNTS if scenario.subjects_known else SUBJECT_COUNTS[:2]:
-        held, logged = coverage(scenario, counts, sets)
-        assert min(held.values()) >= 0.93, (counts, held)
-        assert max(logged.values()) >= sets // 2, logged  # an interval is given on most sets
+        found = coverage(scenario, counts, sets)
+        assert min(found.held.values()) >= 0.93, (counts, found.held)
+        assert max(found.logged.values()) >= sets // 2, found.logged  # an interval is given on most sets
         if not scenario.subjects_known:  # hundreds of independent units: the interval is near its level
-            assert max(held.values()) <= 0.985, (counts, held)
+            assert max(found.held.values()) <= 0.985, (counts, found.held)
+
+
+# Sets per design with subjects of unequal size: 4 + 12 sits near its level (0.938 in 500 sets, as before the
+# effective numbers: they are at the floor there), so more sets to tell it; 40 + 40 is far above it and slow.
+UNEQUAL_SETS = {(4, 12): 500, (40, 40): 100}
+
+
+@pytest.mark.parametrize("scenario", UNEQUAL, ids=[s.name for s in UNEQUAL])
+def test_every_logged_interval_holds_its_level_with_subjects_of_unequal_size(scenario):
+    for counts in UNEQUAL_COUNTS:
+        sets = UNEQUAL_SETS.get(counts, 200)
+        found = coverage(scenario, counts, sets)
+        assert min(found.held.values()) >= 0.93, (counts, found.held)
+        assert max(found.logged.values()) >= sets // 2, found.logged
 
 
 @pytest.mark.parametrize("scenario", [SCENARIOS[0], SCENARIOS[-1]], ids=["subject effect", "subjects unknown"])
 def test_every_paired_interval_holds_its_level_in_the_coverage_simulation(scenario):
     for counts in SUBJECT_COUNTS[:3]:
-        held = paired_coverage(scenario, counts, sets=200)
+        held = paired_coverage(scenario, counts, sets=200).held
+        assert min(held.values()) >= 0.93, (counts, held)
+
+
+@pytest.mark.parametrize("scenario", UNEQUAL[:2], ids=[s.name for s in UNEQUAL[:2]])
+def test_every_paired_interval_holds_its_level_with_subjects_of_unequal_size(scenario):
+    for counts in UNEQUAL_COUNTS:
+        held = paired_coverage(scenario, counts, sets=UNEQUAL_SETS.get(counts, 200)).held
         assert min(held.values()) >= 0.93, (counts, held)

@@ -17,6 +17,17 @@ difference of two skewed, discrete scores undercovers (0.82 for the ROC AUC with
 than MIN_UNITS units in a class no interval is given, nor for a score whose draws do not spread (a perfect or
 constant classifier's).
 
+Subjects of unequal size count for less than their number: a score is a ratio of sums over subjects, so one
+subject with a third of a class's cells moves it as a third. With shares a_u of a class's cells, the variance
+of such a score is that of n_v = 1 / Σ a_u² subjects of one size (Kish's effective number), and its skewness
+that of n_t = (Σ a_u²)³ / (Σ a_u³)² (never more than n_v): a few large subjects whose values are skewed (a
+strong model's sensitivity, near 1, with a rare weak subject) rarely show the tail that the estimate's error
+has. So the inflation counts n_v and t's degrees of freedom n_t - 1, each in the class where it is smallest,
+and neither below EFFECTIVE_FLOOR (nor above the units; single cells and subjects of one size: both are n). In
+the simulation with C-NMC-like sizes (one subject of ten times the median), counting subjects let the intervals
+fall to 0.87 at 40 + 40 subjects, and n_v for t as well still let a strong model's; below the floor, where t
+has at most 3 degrees of freedom, counting subjects held the level (docs/evaluation.md has the tables).
+
 ``tests/test_intervals.py`` measures the coverage by simulation (docs/evaluation.md holds the table).
 
 Each draw's scores come from per-unit counts (cells, cells called ALL, and the histogram of each unit's cells
@@ -39,6 +50,7 @@ from leukemia.names import INTERVAL_SCORES, ROC_AUC
 SUBJECTS, CELLS = "subjects", "cells"
 LEVEL = 0.95
 MIN_UNITS = 3  # per class: the coverage simulation shows 2 + 2 falls short of the level (docs/evaluation.md)
+EFFECTIVE_FLOOR = 4  # the fewest effective units an interval counts (where a class has as many units)
 CHUNK = 250  # draws scored at once (bounds the memory of the ROC AUC's per-draw histograms)
 
 
@@ -55,6 +67,17 @@ class Design:
     @property
     def units(self) -> tuple[int, int]:
         return tuple(int(m.max()) + 1 if len(m) else 0 for m in self.members)
+
+    @property
+    def effective(self) -> tuple[float, float]:
+        """(n_v, n_t): the effective units the interval's inflation and t count, of the class where each is
+        smallest, within [min(units, EFFECTIVE_FLOOR), min(units)]: n_v = 1 / Σ a² = (Σ n)² / Σ n², n_t =
+        (Σ a²)³ / (Σ a³)² = (Σ n²)³ / (Σ n³)², n a unit's cells and a its share of its class's."""
+        sums = [[sum(int(n) ** k for n in np.bincount(members)) for k in (1, 2, 3)] for members in self.members]
+        spread = min(cells**2 / squares for cells, squares, _ in sums)  # exact integers: n for units of one size
+        tails = min(squares**3 / cubes**2 for _, squares, cubes in sums)
+        fewest = min(self.units)
+        return tuple(float(min(fewest, max(n, min(fewest, EFFECTIVE_FLOOR)))) for n in (spread, tails))
 
     def describe(self) -> str:
         """``3 + 2 subjects``: the units of each class, ALL first."""
@@ -128,15 +151,15 @@ def log_odds(score: np.ndarray | float, steps: int) -> np.ndarray:
     return special.logit(np.clip(score, edge, 1 - edge))
 
 
-def bounds(centre: float, values: np.ndarray, units: tuple[int, int], level: float = LEVEL) -> tuple[float, float]:
+def bounds(centre: float, values: np.ndarray, units: tuple[float, float], level: float = LEVEL) -> tuple[float, float]:
     """``centre`` ± t × s on the log-odds scale: s the standard deviation of the draws' ``values`` (undefined
-    ones ignored) with its variance inflated by (n + 1) / (n - 1), t Student's quantile with n - 1 degrees of
-    freedom, n the units of the smaller class; NaN bounds where the draws do not spread."""
+    ones ignored) with its variance inflated by (n_v + 1) / (n_v - 1), t Student's quantile with n_t - 1 degrees
+    of freedom, (n_v, n_t) = ``units`` (the design's effective units); NaN bounds where the draws do not spread."""
     values = values[np.isfinite(values)]
     if not np.isfinite(centre) or len(values) < 2 or np.ptp(values) == 0:
         return np.nan, np.nan
-    fewest = min(units)
-    half = stats.t.ppf((1 + level) / 2, fewest - 1) * np.sqrt((fewest + 1) / (fewest - 1)) * np.std(values, ddof=1)
+    spread, tails = units
+    half = stats.t.ppf((1 + level) / 2, tails - 1) * np.sqrt((spread + 1) / (spread - 1)) * np.std(values, ddof=1)
     return centre - half, centre + half
 
 
@@ -157,7 +180,11 @@ class Intervals:
         if self.design.reason:
             return self.design.reason
         assumed = "; cells assumed independent (no subjects known)" * (self.design.method == CELLS)
-        return f"{self.level:.0%} bootstrap-t, {self.resamples} draws of {self.design.describe()}{assumed}"
+        spread, tails = self.design.effective
+        unequal = f"; of unequal size: {spread:.1f} effective for the spread, {tails:.1f} for t" * (
+            tails < min(self.design.units)
+        )
+        return f"{self.level:.0%} bootstrap-t, {self.resamples} draws of {self.design.describe()}{assumed}{unequal}"
 
 
 def bootstrap_intervals(
@@ -192,9 +219,9 @@ def bootstrap_intervals(
     for picks in draws(plan, resamples, seed):
         for key, value in contrast([c.scores(*picks) for c in counts]).items():
             values[key].append(value)
-    limits = {}
+    limits, effective = {}, plan.effective
     for key in INTERVAL_SCORES:
-        low, high = bounds(float(centre[key]), np.concatenate(values[key]), plan.units)
+        low, high = bounds(float(centre[key]), np.concatenate(values[key]), effective)
         edge = log_odds(0.0, steps[key])  # a score's bound within half a step of 0 or 1 is 0 or 1
         limits[key] = (low, high) if paired else (0.0 if low <= edge else float(special.expit(low)),
                                                   1.0 if high >= -edge else float(special.expit(high)))  # fmt: skip
