@@ -1,5 +1,5 @@
 """The command line: ``python -m leukemia ARGS``, the ``leukemia`` command and ``python run.py ARGS`` are one
-entry. Hydra composes the config from ``leukemia/conf`` (shipped in the package) and the task it names runs. A
+entry. Hydra composes the config from ``conf/`` (in the wheel, ``leukemia/conf``) and the task it names runs. A
 config that does not compose ends in one line naming the override and the fix, as every other user error does,
 instead of Hydra's several lines (whose advice to append a misspelt key with ``+`` would only hide it).
 
@@ -78,7 +78,16 @@ def run_reporting_one_line(main: Callable[[], Any]) -> None:
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def config_dir() -> str:
+    """The config groups: the wheel's copy (leukemia/conf, made at build time by setup.py) where the package
+    was installed from one, else the checkout's conf/ beside the package (``python run.py``, an editable
+    install, the tests)."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "conf"
+    return str(shipped if (shipped / "config.yaml").is_file() else package.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> Any:
     # Imported here, after composition, so a config mistake is reported before torch and mlflow load.
     from leukemia.tasks import run_task
@@ -88,9 +97,10 @@ def main(cfg: DictConfig) -> Any:
 
 def local_search_path() -> list[str]:
     """The override that puts the launch folder's ``conf/`` (``conf/local/default.yaml``: this machine's
-    settings; presets of one's own) after the package's groups, where there is such a folder: Hydra warns of a
-    search path that does not exist."""
-    return ["hydra.searchpath=[file://conf]"] if Path("conf").is_dir() else []
+    settings; presets of one's own) after the project's groups, where there is such a folder and it is not the
+    groups' own (a checkout's root): Hydra warns of a search path that does not exist."""
+    here = Path("conf")
+    return ["hydra.searchpath=[file://conf]"] if here.is_dir() and here.resolve() != Path(config_dir()) else []
 
 
 def cli() -> None:

@@ -2,7 +2,7 @@
 ``data/schema.py`` and the layouts, ``training/schema.py``, ``tracking/schema.py``) and the tasks' own settings
 (``eval``, ``plot``, ``predict``, here); the registry of each config group, stored in Hydra's ConfigStore.
 
-The YAML files in leukemia/conf pick a schema through their defaults list (e.g. ``- /schema_sgd@_here_``), so a
+The YAML files in conf/ pick a schema through their defaults list (e.g. ``- /schema_sgd@_here_``), so a
 wrong type (``optim.lr=abc``) or an unknown key (``optim.lrr=0.1``) fails while Hydra composes the config. Each
 field's default is written once, in its schema, with the rule its values obey (``leukemia.schema.checked``);
 ``check_config`` applies the rules, and refuses keys no schema knows, before any data is read or any run is

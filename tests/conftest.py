@@ -33,7 +33,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "leukemia" / "conf"
+CONF = REPO / "conf"  # the config groups (in the wheel: leukemia/conf)
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -114,7 +114,6 @@ def test_at_most_six_modules_sit_directly_in_the_package():
         "tracking",
         "tasks",
         "bench",
-        "conf",
     }
 
 

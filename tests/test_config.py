@@ -1,10 +1,13 @@
+import shutil
+from pathlib import Path
+
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from leukemia.__main__ import local_search_path
+from leukemia.__main__ import config_dir, local_search_path
 from leukemia.config import group_schemas, typed
 from leukemia.data.schema import Cache
 from leukemia.errors import UserError
@@ -172,6 +175,15 @@ def test_a_local_config_in_the_launch_folder_sets_the_lab_root_for_this_machine(
     monkeypatch.chdir(tmp_path / "conf")  # launched elsewhere: the schema's default
     assert local_search_path() == []
     assert compose_config("data=lab").data.root == "data/lab"
+
+
+def test_in_a_checkout_conf_local_beside_the_groups_is_read_without_a_search_path(tmp_path, monkeypatch):
+    groups = shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (groups / "local").mkdir()
+    (groups / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  lab_root: /data/here\n")
+    assert compose_config("data=lab", config_dir=groups).data.root == "/data/here"
+    monkeypatch.chdir(REPO)  # the checkout's root: its conf/ is the groups' own, searched once
+    assert Path(config_dir()) == CONF and local_search_path() == []
 
 
 def test_local_config_is_git_ignored():

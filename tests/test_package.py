@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, REPO, runs_of
+from conftest import CONF, FAST, REPO, runs_of
 
 PACKAGE = REPO / "leukemia"
 # What a checkout holds besides the sources; copied sources build a wheel no earlier build/ folder can pad.
@@ -21,12 +21,12 @@ NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "ml
 
 
 def source_files() -> set[str]:
-    """Every module and config file of the package, as wheel paths (``leukemia/data/cache.py``)."""
-    return {
-        path.relative_to(REPO).as_posix()
-        for path in PACKAGE.rglob("*")
-        if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts and "local" not in path.parts
-    }
+    """Every module of the package and every YAML of conf/ but the machine-local ones, as wheel paths
+    (``leukemia/data/cache.py``, ``leukemia/conf/optim/sgd.yaml``)."""
+    modules = {path.relative_to(REPO).as_posix() for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts}
+    configs = {f"leukemia/conf/{path.relative_to(CONF).as_posix()}" for path in CONF.rglob("*.yaml")
+               if path.relative_to(CONF).parts[0] != "local"}  # fmt: skip
+    return modules | configs
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,8 @@ def test_the_wheel_holds_every_module_and_config_file_and_nothing_else(wheel):
         packed = {name for name in archive.namelist() if name.startswith("leukemia/")}
     assert packed == source_files()
     assert {"leukemia/data/cache.py", "leukemia/training/loop.py", "leukemia/conf/config.yaml"} <= packed
+    yamls = sorted(CONF.rglob("*.yaml"))
+    assert len(yamls) > 20 and {f"leukemia/conf/{path.relative_to(CONF).as_posix()}" for path in yamls} <= packed
 
 
 @pytest.mark.slow

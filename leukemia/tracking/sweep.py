@@ -1,6 +1,6 @@
 """What a sweep (``python run.py -m …``) does once, in the launching process, around its jobs.
 
-Hydra calls ``SweepCallback`` (named under ``hydra.callbacks`` in leukemia/conf/config.yaml) before the launcher starts
+Hydra calls ``SweepCallback`` (named under ``hydra.callbacks`` in conf/config.yaml) before the launcher starts
 any job and after the last one ends, whatever the launcher: the basic one, joblib's parallel processes, or
 submitit's SLURM or local jobs.
 """

@@ -1,5 +1,5 @@
 """The training package's settings: the ``model``, ``optim`` and ``scheduler`` groups (each with its registry of
-options, which the YAML files of leukemia/conf pick by name) and ``trainer``."""
+options, which the YAML files of conf/ pick by name) and ``trainer``."""
 
 from dataclasses import dataclass
 from enum import Enum
