@@ -7,7 +7,8 @@
 #   3. scale-out: three joblib sweep jobs sharing the GPU, on one sqlite store (and the sweep's own run);
 #   4. the logged model: task=predict on the GPU (its rate, Grad-CAM overlays), and on the training run the GPU's
 #      system metrics and the evaluation (temperature, threshold, ECE, intervals, Grad-CAM figure);
-#   5. ResNet18's epoch at batch 32 with torch.compile and with CUDA graphs (a quarter-size study), against none.
+#   5. ResNet18's epoch at batch 32 with torch.compile and with CUDA graphs (a quarter-size study), against none;
+#   6. the test suite's tests marked gpu (python -m pytest -m gpu; on a CUDA device only).
 #
 #   usage: scripts/gpu_check.sh [OUTPUT_DIR]       (from the repository root, with the package importable)
 # DEVICE=cpu IMAGES=16 BATCH=8 SIZE=64 DEPTHS=18 EPOCHS=1 STUDY_IMAGES=40 MAX_BATCH=64 COMPILE_TRY= tries the
@@ -125,6 +126,14 @@ for mode in none $compile_try; do
   "$py" -m leukemia.bench --study --depths 18 --device "$device" --images "$quarter" --image-size "$size" \
     --max-batch 32 --workers "$(nproc)" --compile "$mode" 2>&1 | tee "$out/study_compile_$mode.txt" || status=1
 done
+step "6. the test suite's gpu tests (bf16 + channels_last, data.cache=device, compile, CUDA graphs)"
+if [ "$device" != cuda ]; then
+  echo "skipped: the device is $device"
+elif ! "$py" -c "import pytest, xdist" 2>/dev/null; then
+  echo "skipped: pytest and pytest-xdist are not installed (pip install -e \".[test]\")"
+else
+  "$py" -m pytest -m gpu -n 0 -q -p no:cacheprovider 2>&1 | tee "$out/pytest_gpu.txt" || status=1
+fi
 rm -rf "$work"
 echo; echo "gpu_check: $([ $status = 0 ] && echo all passed || echo SOME CHECK FAILED)"
 exit $status

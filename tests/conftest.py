@@ -37,6 +37,15 @@ CONF = REPO / "conf"  # the config groups (in the wheel: leukemia/conf)
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked ``gpu`` are skipped, saying why, where CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (scripts/gpu_check.sh runs these on one)"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def home_in_a_temporary_folder(tmp_path_factory):
     """What the tests run writes nothing to the real home folder (``paths.cache_dir`` defaults to
