@@ -107,14 +107,14 @@ class Coverage:
 
 def tally(truth: dict[str, float], found: list[dict[str, tuple[float, float]]]) -> Coverage:
     """The Coverage of the intervals ``found`` (one dict of bounds per test set) of the values ``truth``."""
-    held, logged, width = dict.fromkeys(INTERVAL_SCORES, 0), dict.fromkeys(INTERVAL_SCORES, 0), {}
+    held, logged, width = {}, {}, {}
     for key in INTERVAL_SCORES:
-        given = [(low, high) for bounds in found for low, high in [bounds[key]] if np.isfinite(low)]
+        given = np.array([bounds[key] for bounds in found if np.isfinite(bounds[key][0])]).reshape(-1, 2)
         logged[key] = len(given)
-        held[key] = sum(low <= truth[key] <= high for low, high in given)
-        width[key] = float(np.mean([high - low for low, high in given])) if given else np.nan
-    return Coverage({key: held[key] / logged[key] for key in INTERVAL_SCORES if logged[key]}, logged,
-                    {key: width[key] for key in INTERVAL_SCORES if logged[key]})  # fmt: skip
+        if len(given):
+            held[key] = float(np.mean((given[:, 0] <= truth[key]) & (truth[key] <= given[:, 1])))
+            width[key] = float(np.mean(given[:, 1] - given[:, 0]))
+    return Coverage(held, logged, width)
 
 
 def coverage(scenario: Scenario, counts: tuple[int, int], sets: int, resamples: int = 200, seed: int = 0) -> Coverage:

@@ -10,13 +10,13 @@ import pytest
 from conftest import FAST, histories, run_cli, runs_of
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
-ONE_EPOCH = (*FAST, "trainer.device=cuda", "trainer.epochs=2")
+SHORT_RUN = (*FAST, "trainer.device=cuda", "trainer.epochs=2")
 
 
 def trained(tmp_path, tiny_lab, *overrides: str):
     """The finished run of ``python run.py`` on the tiny lab set with ``overrides``, and its metric histories."""
     tmp_path.mkdir(exist_ok=True)
-    result = run_cli(*ONE_EPOCH, f"paths.lab_root={tiny_lab}", *overrides, cwd=tmp_path)
+    result = run_cli(*SHORT_RUN, f"paths.lab_root={tiny_lab}", *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     client, runs = runs_of(tmp_path)
     assert [run.info.status for run in runs] == ["FINISHED"]
